@@ -1,0 +1,343 @@
+"""The ``refstore`` command line: parse → build Config → call one function → print.
+
+Errors end in one line plus a hint (never a traceback unless --verbose) and the
+error's exit code: 2 config, 3 source, 4 granule, 5 store, 6 not found, 7 conflict.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from refstore.errors import ConfigError, RefstoreError
+
+CONFIG_OPTION = click.option(
+    "--config",
+    "-c",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="refstore.toml to use (default: ./refstore.toml or $REFSTORE_CONFIG).",
+)
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _quiet_icechunk() -> None:
+    # refstore holds its own lock, so Icechunk's concurrency warning is noise here.
+    if "ICECHUNK_LOG" not in os.environ:
+        import icechunk
+
+        icechunk.set_logs_filter("error")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--verbose", "-v", is_flag=True, help="Log details and show tracebacks.")
+@click.version_option(package_name="refstore")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """Keep virtual Zarr references of a growing NetCDF4/HDF5 collection.
+
+    A SQLite ledger remembers the granules already referenced; `sync` adds only new
+    ones to an Icechunk repository (one snapshot per update) and refreshes a kerchunk
+    Parquet export. `open --at` and `export --at` travel back in time.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="refstore: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _load(config_path: str | None, **overrides: Any) -> Any:
+    from refstore.config import load_config
+
+    return load_config(config_path, overrides=overrides)
+
+
+@cli.command()
+@click.option("--source", "source_url", required=True, help="Folder or glob of granules.")
+@click.option("--concat-dim", default="time", show_default=True)
+@click.option("--repo", default="state/repo", show_default=True)
+@click.option("--ledger", default="state/ledger.db", show_default=True)
+@click.option("--export", "export_path", default="state/export/refs.parquet", show_default=True)
+@click.option("--loadable", multiple=True, help="Variable to load (repeat); default: automatic.")
+@click.option("--drop", multiple=True, help="Variable to leave out (repeat).")
+@click.option("--group", default="", help="HDF5 group holding the dataset.")
+@click.option(
+    "--path",
+    "out",
+    type=click.Path(dir_okay=False),
+    default="refstore.toml",
+    show_default=True,
+    help="Where to write the configuration.",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(
+    source_url: str,
+    concat_dim: str,
+    repo: str,
+    ledger: str,
+    export_path: str,
+    loadable: tuple[str, ...],
+    drop: tuple[str, ...],
+    group: str,
+    out: str,
+    force: bool,
+) -> None:
+    """Write a refstore.toml (relative paths resolve against its folder)."""
+    from refstore.config import load_config, render_toml
+
+    path = Path(out)
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists already.", "Pass --force to overwrite it.")
+    text = render_toml(
+        source_url=source_url,
+        concat_dim=concat_dim,
+        repo=repo,
+        ledger=ledger,
+        export=export_path,
+        loadable_variables=loadable or None,
+        drop_variables=drop,
+        group=group,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    load_config(path)  # validate what was written
+    click.echo(f"wrote {path}")
+
+
+def _progress_factory(enabled: bool) -> Callable[[int, str], Callable[[Any], None]] | None:
+    if not enabled:
+        return None
+
+    def factory(total: int, label: str) -> Callable[[Any], None]:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=label, unit="granule", file=sys.stderr, leave=False)
+
+        def done(_result: Any) -> None:
+            bar.update(1)
+            if bar.n >= total:
+                bar.close()
+
+        return done
+
+    return factory
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option("--source", "source_url", help="Override [source] url.")
+@click.option("--tag", help="Tag the new snapshot (if anything was added).")
+@click.option("--executor", type=click.Choice(["auto", "serial", "processes", "dask"]))
+@click.option("--workers", type=int, help="Parallel workers (default: number of cores).")
+@click.option("--dask-address", help="A dask.distributed scheduler, e.g. tcp://127.0.0.1:8786.")
+@click.option("--batch-size", type=int, help="Granules per commit (default 1000).")
+@click.option("--wait", type=float, default=0, help="Seconds to wait for a running sync.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a tty).")
+@JSON_OPTION
+def sync(
+    config_path: str | None,
+    source_url: str | None,
+    tag: str | None,
+    executor: str | None,
+    workers: int | None,
+    dask_address: str | None,
+    batch_size: int | None,
+    wait: float,
+    progress: bool | None,
+    as_json: bool,
+) -> None:
+    """Add new granules to the store: one snapshot per update, then refresh the export."""
+    from refstore.sync import sync as run_sync
+
+    _quiet_icechunk()
+    cfg = _load(
+        config_path,
+        source_url=source_url,
+        executor=executor,
+        workers=workers,
+        dask_address=dask_address or (None if executor != "dask" else None),
+        batch_size=batch_size,
+    )
+    show = sys.stderr.isatty() if progress is None else progress
+    result = run_sync(cfg, tag=tag, wait=wait, progress=_progress_factory(show and not as_json))
+    if as_json:
+        _echo_json(result.to_dict())
+        return
+    for f in result.quarantined:
+        click.echo(f"quarantined {f.reason}", err=True)
+    for key in result.missing:
+        click.echo(f"missing     {key}: no longer in the source (kept in the store)", err=True)
+    if result.up_to_date:
+        click.echo(f"up to date ({result.discovered} granule(s) in the source)")
+    else:
+        click.echo(
+            f"added {len(result.added)} granule(s) {result.start} .. {result.end} "
+            f"in snapshot(s) {', '.join(result.snapshots)}"
+        )
+    if result.export:
+        click.echo(f"export {result.export}")
+
+
+@cli.command()
+@CONFIG_OPTION
+@JSON_OPTION
+def status(config_path: str | None, as_json: bool) -> None:
+    """Granules per status, quarantined ones with reasons, coverage and last runs."""
+    from refstore.status import gather_status
+
+    _quiet_icechunk()
+    info = gather_status(_load(config_path))
+    if as_json:
+        _echo_json(info)
+        return
+    click.echo(f"store     {info['repo']}")
+    click.echo(f"head      {info['head'] or '(empty)'}")
+    click.echo(f"coverage  {info['start']} .. {info['end']}  ({info['length']} steps)")
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(info["counts"].items())) or "none"
+    click.echo(f"granules  {counts}")
+    for q in info["quarantined"]:
+        click.echo(f"  quarantined {q['reason']}")
+    for run in info["runs"][:5]:
+        click.echo(
+            f"run {run['id']}  {run['status']:<7} +{run['added'] or 0} "
+            f"quarantined {run['quarantined'] or 0}"
+        )
+
+
+@cli.command(name="log")
+@CONFIG_OPTION
+@click.option("--limit", "-n", type=int, default=None, help="Show the newest N snapshots.")
+@JSON_OPTION
+def log_cmd(config_path: str | None, limit: int | None, as_json: bool) -> None:
+    """The store's snapshots, newest first, with their tags and granules."""
+    from refstore.api import open_store
+
+    _quiet_icechunk()
+    entries = open_store(_load(config_path)).log(limit)
+    if as_json:
+        _echo_json(
+            [
+                {
+                    "snapshot": c.snapshot,
+                    "written_at": c.written_at,
+                    "message": c.message,
+                    "tags": tags,
+                    "granules": list(c.granules),
+                    "start": c.start,
+                    "end": c.end,
+                }
+                for c, tags in entries
+            ]
+        )
+        return
+    for c, tags in entries:
+        tag_text = f" [{', '.join(tags)}]" if tags else ""
+        click.echo(f"{c.snapshot}{tag_text}  {c.written_at[:19]}  {c.message}")
+
+
+@cli.command(name="open")
+@CONFIG_OPTION
+@click.option("--at", "at", help="Snapshot id, tag or ISO date/datetime.")
+@click.option("--export", "from_export", is_flag=True, help="Read the Parquet export instead.")
+@JSON_OPTION
+def open_cmd(config_path: str | None, at: str | None, from_export: bool, as_json: bool) -> None:
+    """Open the dataset (as it was at REF) and print a summary."""
+    from refstore.api import open_dataset
+
+    _quiet_icechunk()
+    ds = open_dataset(_load(config_path), at=at, source="export" if from_export else "repo")
+    if as_json:
+        _echo_json(
+            {
+                "dims": {str(k): int(v) for k, v in ds.sizes.items()},
+                "data_vars": sorted(str(v) for v in ds.data_vars),
+                "coords": sorted(str(v) for v in ds.coords),
+                "attrs": {str(k): str(v) for k, v in ds.attrs.items()},
+            }
+        )
+        return
+    click.echo(str(ds))
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option("--at", "at", help="Snapshot id, tag or ISO date/datetime (default: head).")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "json"]), default="parquet")
+@click.option("-o", "--output", type=click.Path(), help="Where to write (default: [store] export).")
+def export(config_path: str | None, at: str | None, fmt: str, output: str | None) -> None:
+    """Write a kerchunk reference export of a snapshot (atomically)."""
+    from refstore.api import open_store
+    from refstore.export import build_refs, write_export
+    from refstore.sources import source_for
+
+    _quiet_icechunk()
+    cfg = _load(config_path)
+    store = open_store(cfg)
+    session = store.session(at)
+    native = store.local_path.resolve().as_uri() + "/chunks"
+    refs = build_refs(session, source_for(cfg).registry(), native)
+    path = write_export(refs, output or cfg.export, fmt)
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.argument("keys", nargs=-1)
+@click.option("--wait", type=float, default=0, help="Seconds to wait for a running sync.")
+def retry(config_path: str | None, keys: tuple[str, ...], wait: float) -> None:
+    """Queue quarantined granules (all, or KEYS) for the next sync, then sync."""
+    from refstore.ledger import Ledger
+    from refstore.lock import store_lock
+
+    cfg = _load(config_path)
+    with store_lock(cfg.ledger, wait=wait):
+        ledger = Ledger(cfg.ledger)
+        queued = ledger.requeue_quarantined(keys or None)
+        ledger.close()
+    click.echo(f"queued {len(queued)} granule(s) for retry")
+    if queued:
+        ctx = click.get_current_context()
+        ctx.invoke(sync, config_path=config_path, wait=wait)
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning refstore errors into one line and a hint."""
+    verbose = "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("refstore: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except RefstoreError as e:
+        if verbose:
+            raise
+        click.echo(f"refstore: error: {e.message}", err=True)
+        click.echo(f"  hint: {e.hint}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("refstore: interrupted; the store is unchanged since its last snapshot", err=True)
+        sys.exit(130)
+    except Exception as e:
+        if verbose:
+            raise
+        click.echo(f"refstore: unexpected error: {type(e).__name__}: {e}", err=True)
+        click.echo("  hint: run again with --verbose and report the traceback.", err=True)
+        sys.exit(1)

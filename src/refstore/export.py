@@ -1,0 +1,143 @@
+"""The kerchunk export: build refs from a snapshot (pure), then write them atomically.
+
+Parquet exports (a folder) are written under a hidden versioned name and published by
+swapping a symlink, so a reader never sees a half-written export. JSON exports are
+written to a temporary file and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from refstore.errors import StoreError
+
+__all__ = ["build_refs", "fix_fill_values", "fix_scalar_keys", "write_export"]
+
+FORMATS = ("parquet", "json")
+
+
+def build_refs(session: Any, registry: Any, native_chunks_prefix: str) -> dict[str, Any]:
+    """Kerchunk refs (version 1 dict) for the dataset in an Icechunk ``session``."""
+    import warnings
+
+    from virtualizarr.parsers import IcechunkParser
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        manifest_store = IcechunkParser().parse_session(
+            session, registry, native_chunks_prefix=native_chunks_prefix
+        )
+        vds = manifest_store.to_virtual_dataset()
+        refs: dict[str, Any] = vds.vz.to_kerchunk(format="dict")
+    return fix_fill_values(fix_scalar_keys(refs))
+
+
+def fix_scalar_keys(refs: dict[str, Any]) -> dict[str, Any]:
+    """Name the chunk of a 0-d array ``<name>/0`` as zarr v2 does (not ``<name>/``).
+
+    VirtualiZarr renders a scalar's chunk key as ``crs/``, which kerchunk's Parquet
+    writer and zarr v2 readers do not recognise.
+    """
+    table = {(k + "0" if k.endswith("/") else k): v for k, v in refs["refs"].items()}
+    return {**refs, "refs": table}
+
+
+def fix_fill_values(refs: dict[str, Any]) -> dict[str, Any]:
+    """Make zarr v2 ``fill_value`` mean what the Icechunk (zarr v3) store means.
+
+    In zarr v2 xarray treats ``fill_value`` as ``_FillValue`` and masks it; in v3 only
+    the ``_FillValue`` attribute masks. A variable without ``_FillValue`` whose value
+    equals the storage fill value (``crs`` = -2147483647 in GHRSST files) would read
+    back as NaN through the export but not through the repository. Where ``.zattrs`` has
+    no ``_FillValue``, the v2 ``fill_value`` is therefore set to null.
+    """
+    out = dict(refs)
+    table = dict(refs["refs"])
+    for key, value in refs["refs"].items():
+        if not key.endswith(".zarray"):
+            continue
+        prefix = key[: -len(".zarray")]
+        attrs = json.loads(table.get(prefix + ".zattrs", "{}"))
+        meta = json.loads(value)
+        if "_FillValue" not in attrs and "missing_value" not in attrs:
+            meta["fill_value"] = None
+            table[key] = json.dumps(meta)
+    out["refs"] = table
+    return out
+
+
+def write_export(refs: dict[str, Any], path: str | Path, fmt: str = "parquet") -> Path:
+    """Write ``refs`` to ``path`` atomically and return it.
+
+    Raises
+    ------
+    StoreError
+        The export could not be written; the previous export is left untouched.
+    """
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise StoreError(f"Unknown export format {fmt!r}.", "Use --format parquet or json.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if fmt == "json":
+            _write_json(refs, path)
+        else:
+            _write_parquet(refs, path)
+    except OSError as e:
+        raise StoreError(
+            f"Cannot write the export {path}: {e}",
+            "Check that [store] export points at a writable place with free space.",
+        ) from e
+    return path
+
+
+def _write_json(refs: dict[str, Any], path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(refs, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_parquet(refs: dict[str, Any], path: Path) -> None:
+    from kerchunk.df import refs_to_dataframe
+
+    if path.exists() and not path.is_symlink():
+        # An export from elsewhere (or an older refstore) sits there as a real folder:
+        # move it aside once so it can be swapped atomically from now on.
+        legacy = path.with_name(f".{path.name}.legacy")
+        shutil.rmtree(legacy, ignore_errors=True)
+        path.rename(legacy)
+    versions = sorted(path.parent.glob(f".{path.name}.v*"))
+    import time
+
+    # Versions are named by creation time so that sorting them by name orders them.
+    target = Path(
+        tempfile.mkdtemp(prefix=f".{path.name}.v{time.time_ns():020d}-", dir=path.parent)
+    )
+    shutil.rmtree(target)  # refs_to_dataframe creates the folder itself
+    try:
+        refs_to_dataframe(refs, str(target))
+        link = path.with_name(f".{path.name}.link-{os.getpid()}")
+        link.unlink(missing_ok=True)
+        link.symlink_to(target.name)
+        os.replace(link, path)  # atomic publish
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    # Keep the previous version for readers that opened it a moment ago.
+    for old in versions[:-1]:
+        if old != target:
+            shutil.rmtree(old, ignore_errors=True)
+    legacy = path.with_name(f".{path.name}.legacy")
+    shutil.rmtree(legacy, ignore_errors=True)

@@ -1,0 +1,396 @@
+"""The SQLite ledger: the only module that speaks SQL (through sqlite-utils).
+
+Tables
+------
+``granules``  one row per granule key: url, revision, status, snapshot, time range,
+              reason, attempts, timestamps.
+``history``   an append-only log of status changes (revisions, quarantines, commits).
+``runs``      one row per ``refstore sync``.
+``meta``      small key/value facts, e.g. the last snapshot reconciled with the repo.
+``migrations`` numbered schema migrations already applied (as in sqlite-utils).
+
+The Icechunk history is the source of truth for what is committed; the ledger is an
+index over it that :func:`refstore.sync` reconciles at the start of every run.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from refstore.errors import StoreError
+from refstore.models import CommitInfo, Failure, Granule, LedgerRow, Status
+
+__all__ = ["Ledger"]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _m001_initial(db: Any) -> None:
+    db["granules"].create(
+        {
+            "key": str,
+            "url": str,
+            "revision": str,
+            "size": int,
+            "modified": str,
+            "status": str,
+            "snapshot": str,
+            "start": str,
+            "end": str,
+            "reason": str,
+            "attempts": int,
+            "first_seen": str,
+            "updated_at": str,
+            "run_id": str,
+        },
+        pk="key",
+        not_null={"url", "revision", "status"},
+        defaults={"attempts": 0},
+    )
+    db["granules"].create_index(["status"])
+    db["history"].create(
+        {
+            "id": int,
+            "key": str,
+            "revision": str,
+            "status": str,
+            "snapshot": str,
+            "reason": str,
+            "run_id": str,
+            "at": str,
+        },
+        pk="id",
+    )
+    db["history"].create_index(["key"])
+    db["runs"].create(
+        {
+            "id": str,
+            "started_at": str,
+            "finished_at": str,
+            "status": str,
+            "discovered": int,
+            "added": int,
+            "quarantined": int,
+            "snapshots": str,
+            "error": str,
+        },
+        pk="id",
+    )
+    db["meta"].create({"key": str, "value": str}, pk="key")
+
+
+# Numbered migrations, applied in order and recorded in the `migrations` table.
+MIGRATIONS: tuple[tuple[str, Callable[[Any], None]], ...] = (("001_initial", _m001_initial),)
+
+
+class Ledger:
+    """The granule ledger in one SQLite file.
+
+    Parameters
+    ----------
+    path
+        The database file; its folder is created if missing.
+
+    Raises
+    ------
+    StoreError
+        The file exists but is not a SQLite database, or cannot be written.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        import sqlite_utils
+
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+            self.db = sqlite_utils.Database(conn)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(
+                f"Cannot open the ledger {self.path}: {e}.",
+                "Point [store] ledger at a writable path; a corrupt ledger can be deleted "
+                "and rebuilt from the repository history by the next sync.",
+            ) from e
+
+    # -- schema -------------------------------------------------------------------
+    def _migrate(self) -> None:
+        if not self.db["migrations"].exists():
+            self.db["migrations"].create({"name": str, "applied_at": str}, pk="name")
+        done = {r["name"] for r in self.db["migrations"].rows}
+        for name, apply in MIGRATIONS:
+            if name in done:
+                continue
+            with self._tx():
+                apply(self.db)
+                self.db["migrations"].insert({"name": name, "applied_at": _now()})
+
+    def _tx(self) -> Any:
+        """A write transaction (the connection is in autocommit mode otherwise)."""
+        return _Transaction(self.db.conn)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.db.conn.close()
+
+    @property
+    def migrations(self) -> list[str]:
+        """Names of the applied migrations, in order."""
+        return [r["name"] for r in self.db["migrations"].rows_where(order_by="name")]
+
+    # -- reads --------------------------------------------------------------------
+    def rows(self) -> dict[str, LedgerRow]:
+        """Every granule the ledger knows, by key."""
+        return {r.key: r for r in self.iter_rows()}
+
+    def iter_rows(self, status: Status | None = None) -> Iterator[LedgerRow]:
+        """Granule rows, optionally only those with ``status``, ordered by time then key."""
+        where = "status = ?" if status else None
+        args = [str(status)] if status else []
+        for r in self.db["granules"].rows_where(where, args, order_by="start, key"):
+            yield LedgerRow(
+                key=r["key"],
+                url=r["url"],
+                revision=r["revision"],
+                status=Status(r["status"]),
+                snapshot=r["snapshot"],
+                start=r["start"],
+                end=r["end"],
+                reason=r["reason"],
+                attempts=r["attempts"] or 0,
+            )
+
+    def counts(self) -> dict[str, int]:
+        """Number of granules per status."""
+        sql = "select status, count(*) from granules group by status"
+        return {status: n for status, n in self.db.execute(sql).fetchall()}
+
+    def history(self, key: str) -> list[dict[str, Any]]:
+        """Every recorded status change of one granule, oldest first."""
+        return list(self.db["history"].rows_where("key = ?", [key], order_by="id"))
+
+    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The most recent sync runs, newest first."""
+        return list(self.db["runs"].rows_where(order_by="started_at desc", limit=limit))
+
+    def get_meta(self, key: str) -> str | None:
+        """A value from the ``meta`` table, or None."""
+        row = self.db.execute("select value from meta where key = ?", [key]).fetchone()
+        return None if row is None else str(row[0])
+
+    # -- writes -------------------------------------------------------------------
+    def set_meta(self, key: str, value: str) -> None:
+        """Store one ``meta`` value."""
+        with self._tx():
+            self.db["meta"].upsert({"key": key, "value": value}, pk="key")
+
+    def start_run(self) -> str:
+        """Record the start of a sync run and return its id."""
+        run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+        with self._tx():
+            self.db["runs"].insert({"id": run_id, "started_at": _now(), "status": "running"})
+        return run_id
+
+    def finish_run(
+        self,
+        run_id: str,
+        *,
+        status: str,
+        discovered: int = 0,
+        added: int = 0,
+        quarantined: int = 0,
+        snapshots: Iterable[str] = (),
+        error: str | None = None,
+    ) -> None:
+        """Record how a run ended."""
+        with self._tx():
+            self.db["runs"].update(
+                run_id,
+                {
+                    "finished_at": _now(),
+                    "status": status,
+                    "discovered": discovered,
+                    "added": added,
+                    "quarantined": quarantined,
+                    "snapshots": json.dumps(list(snapshots)),
+                    "error": error,
+                },
+            )
+
+    def record_seen(self, granules: Iterable[Granule], run_id: str) -> None:
+        """Insert new granules, or reset revised ones to ``new`` with their new revision."""
+        now = _now()
+        with self._tx():
+            for g in granules:
+                existing = self.db.execute(
+                    "select revision from granules where key = ?", [g.key]
+                ).fetchone()
+                if existing is None:
+                    self.db["granules"].insert(
+                        {
+                            "key": g.key,
+                            "url": g.url,
+                            "revision": g.revision,
+                            "size": g.size,
+                            "modified": g.modified,
+                            "status": str(Status.NEW),
+                            "attempts": 0,
+                            "first_seen": now,
+                            "updated_at": now,
+                            "run_id": run_id,
+                        }
+                    )
+                elif existing[0] != g.revision:
+                    self.db["granules"].update(
+                        g.key,
+                        {
+                            "url": g.url,
+                            "revision": g.revision,
+                            "size": g.size,
+                            "modified": g.modified,
+                            "status": str(Status.NEW),
+                            "reason": None,
+                            "updated_at": now,
+                            "run_id": run_id,
+                        },
+                    )
+                    self._log(g.key, g.revision, Status.NEW, None, "revised upstream", run_id)
+
+    def mark_virtualized(self, keys: Iterable[str], ranges: dict[str, tuple[str, str]]) -> None:
+        """Granules whose virtual datasets were built in this run."""
+        now = _now()
+        with self._tx():
+            for key in keys:
+                start, end = ranges.get(key, (None, None))
+                self.db.execute(
+                    "update granules set status = ?, start = ?, end = ?, attempts = attempts + 1,"
+                    " updated_at = ? where key = ? and status != ?",
+                    [str(Status.VIRTUALIZED), start, end, now, key, str(Status.COMMITTED)],
+                )
+
+    def quarantine(self, failures: Iterable[Failure], run_id: str) -> None:
+        """Set granules aside with the one-line reason why."""
+        now = _now()
+        with self._tx():
+            for f in failures:
+                self.db.execute(
+                    "update granules set status = ?, reason = ?, attempts = attempts + 1,"
+                    " updated_at = ?, run_id = ? where key = ?",
+                    [str(Status.QUARANTINED), f.reason, now, run_id, f.key],
+                )
+                rev = self.db.execute(
+                    "select revision from granules where key = ?", [f.key]
+                ).fetchone()
+                self._log(f.key, rev[0] if rev else None, Status.QUARANTINED, None, f.reason, run_id)
+
+    def requeue_quarantined(self, keys: Iterable[str] | None = None) -> list[str]:
+        """Put quarantined granules (all, or ``keys``) back to ``new`` for the next sync."""
+        with self._tx():
+            rows = [
+                r.key
+                for r in self.iter_rows(Status.QUARANTINED)
+                if keys is None or r.key in set(keys)
+            ]
+            for key in rows:
+                self.db.execute(
+                    "update granules set status = ?, updated_at = ? where key = ?",
+                    [str(Status.NEW), _now(), key],
+                )
+        return rows
+
+    def apply_commits(self, commits: Iterable[CommitInfo]) -> int:
+        """Mark every granule named in ``commits`` committed (oldest commit first).
+
+        This is how a crash between an Icechunk commit and the ledger update heals:
+        the commit metadata is the source of truth. Returns the rows changed.
+        """
+        changed = 0
+        now = _now()
+        with self._tx():
+            for c in commits:
+                revisions = c.revisions or ("",) * len(c.granules)
+                for key, revision in zip(c.granules, revisions, strict=True):
+                    row = self.db.execute(
+                        "select status, snapshot, revision from granules where key = ?", [key]
+                    ).fetchone()
+                    if row is not None and row[0] == Status.COMMITTED and row[1] == c.snapshot:
+                        continue
+                    if row is None:
+                        # The ledger was lost or is older than the repo: rebuild the row.
+                        self.db["granules"].insert(
+                            {
+                                "key": key,
+                                "url": "",
+                                "revision": revision,
+                                "status": str(Status.COMMITTED),
+                                "snapshot": c.snapshot,
+                                "attempts": 1,
+                                "first_seen": now,
+                                "updated_at": now,
+                                "run_id": c.run_id,
+                            }
+                        )
+                    elif revision and row[2] != revision:
+                        # A newer revision was seen after this commit; keep it queued.
+                        continue
+                    else:
+                        self.db.execute(
+                            "update granules set status = ?, snapshot = ?, reason = null,"
+                            " updated_at = ? where key = ?",
+                            [str(Status.COMMITTED), c.snapshot, now, key],
+                        )
+                    self._log(key, revision, Status.COMMITTED, c.snapshot, c.message, c.run_id)
+                    changed += 1
+        return changed
+
+    def _log(
+        self,
+        key: str,
+        revision: str | None,
+        status: Status,
+        snapshot: str | None,
+        reason: str | None,
+        run_id: str | None,
+    ) -> None:
+        self.db["history"].insert(
+            {
+                "key": key,
+                "revision": revision,
+                "status": str(status),
+                "snapshot": snapshot,
+                "reason": reason,
+                "run_id": run_id,
+                "at": _now(),
+            }
+        )
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``/``ROLLBACK`` around a block, re-entrant."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.outer = False
+
+    def __enter__(self) -> None:
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.outer = True
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if not self.outer:
+            return
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")

@@ -1,0 +1,42 @@
+"""One writer per store: a file lock beside the ledger.
+
+Icechunk's local storage is not safe for concurrent commits, and two syncs appending
+the same granule would duplicate a time step, so every writing command holds this lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from refstore.errors import ConflictError
+
+__all__ = ["store_lock"]
+
+
+@contextmanager
+def store_lock(ledger_path: str | Path, wait: float = 0) -> Iterator[None]:
+    """Hold the store's lock; wait up to ``wait`` seconds for it.
+
+    Raises
+    ------
+    ConflictError
+        Another process holds the lock after ``wait`` seconds.
+    """
+    from filelock import FileLock, Timeout
+
+    path = Path(f"{ledger_path}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=wait)
+    except Timeout:
+        raise ConflictError(
+            f"Another refstore process is writing this store (lock {path}).",
+            "Wait for it to finish, or pass --wait SECONDS to queue behind it.",
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()

@@ -1,0 +1,123 @@
+"""Frozen value objects passed between the pipeline's steps."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Status(enum.StrEnum):
+    """Where a granule is in its life: new → virtualized → committed, or quarantined."""
+
+    NEW = "new"
+    VIRTUALIZED = "virtualized"
+    COMMITTED = "committed"
+    QUARANTINED = "quarantined"
+    SUPERSEDED = "superseded"
+
+
+@dataclass(frozen=True, slots=True)
+class Granule:
+    """One file of the collection as a source lists it.
+
+    ``key`` is stable across runs (the file name for folders and prefixes, the CMR
+    native id for Earthdata); ``revision`` changes when the file is replaced upstream
+    (size+mtime, ETag or CMR revision-id).
+    """
+
+    key: str
+    url: str
+    revision: str
+    size: int | None = None
+    modified: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    """What the ledger knows about one granule."""
+
+    key: str
+    url: str
+    revision: str
+    status: Status
+    snapshot: str | None = None
+    start: str | None = None
+    end: str | None = None
+    reason: str | None = None
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SyncPlan:
+    """What one sync will do, derived purely from discovery and the ledger."""
+
+    new: tuple[Granule, ...] = ()
+    revised: tuple[Granule, ...] = ()
+    unchanged: int = 0
+    quarantined: int = 0
+    missing: tuple[str, ...] = ()
+
+    @property
+    def todo(self) -> tuple[Granule, ...]:
+        """Granules to virtualize in this run, in a stable order."""
+        return tuple(sorted(self.new + self.revised, key=lambda g: g.key))
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A granule that could not be used, with a one-line reason."""
+
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CommitInfo:
+    """One snapshot written by refstore, as read back from the repository history."""
+
+    snapshot: str
+    message: str
+    written_at: str
+    granules: tuple[str, ...] = ()
+    revisions: tuple[str, ...] = ()
+    start: str | None = None
+    end: str | None = None
+    run_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    """Outcome of one ``refstore sync``."""
+
+    run_id: str
+    discovered: int
+    added: tuple[str, ...] = ()
+    quarantined: tuple[Failure, ...] = ()
+    snapshots: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    start: str | None = None
+    end: str | None = None
+    export: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def up_to_date(self) -> bool:
+        """True when the run added nothing."""
+        return not self.added
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form for ``--json`` output."""
+        return {
+            "run_id": self.run_id,
+            "discovered": self.discovered,
+            "added": list(self.added),
+            "quarantined": [{"key": f.key, "reason": f.reason} for f in self.quarantined],
+            "snapshots": list(self.snapshots),
+            "missing": list(self.missing),
+            "start": self.start,
+            "end": self.end,
+            "export": self.export,
+            "up_to_date": self.up_to_date,
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+        }

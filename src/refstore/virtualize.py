@@ -1,0 +1,226 @@
+"""Per-granule virtualization with VirtualiZarr.
+
+:func:`virtualize_granule` turns one file into a :class:`VirtualGranule` (a virtual
+``xr.Dataset`` plus its concat-dim range and drift signature) or a :class:`Failure`
+with a one-line reason. It never raises for a bad file: a bad file is quarantined,
+the rest of the batch goes on. The parser is chosen from the file's magic bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from refstore.errors import GranuleError, RefstoreError
+from refstore.models import Failure, Granule
+from refstore.schema import signature
+
+__all__ = [
+    "DatasetSpec",
+    "VirtualGranule",
+    "choose_loadable",
+    "detect_format",
+    "format_value",
+    "virtualize_granule",
+]
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+NETCDF3_MAGICS = (b"CDF\x01", b"CDF\x02", b"CDF\x05")
+# HDF5 allows a user block before the superblock at 0, 512, 1024, 2048, ... bytes.
+_HDF5_OFFSETS = (0, 512, 1024, 2048)
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetSpec:
+    """The [dataset] settings a worker needs (picklable)."""
+
+    concat_dim: str
+    loadable_variables: tuple[str, ...] | None = None
+    drop_variables: tuple[str, ...] = ()
+    group: str = ""
+
+
+@dataclass(frozen=True)
+class VirtualGranule:
+    """A granule's virtual dataset, ready to append."""
+
+    granule: Granule
+    dataset: Any  # xr.Dataset; Any keeps xarray out of import time
+    first: Any
+    last: Any
+    length: int
+    signature: dict[str, dict[str, Any]]
+
+    @property
+    def start(self) -> str | None:
+        """First concat-dim value as text (ISO for datetimes)."""
+        return format_value(self.first)
+
+    @property
+    def end(self) -> str | None:
+        """Last concat-dim value as text."""
+        return format_value(self.last)
+
+
+def format_value(value: Any) -> str | None:
+    """Concat-dim value as text: ISO 8601 for datetimes, ``str`` otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, np.datetime64):
+        return str(np.datetime_as_string(value, unit="s"))
+    if hasattr(value, "isoformat"):
+        return str(value.isoformat())
+    if isinstance(value, np.generic):
+        return str(value.item())
+    return str(value)
+
+
+def detect_format(head: Mapping[int, bytes]) -> str | None:
+    """``"hdf5"``, ``"netcdf3"`` or None, from bytes read at the candidate offsets."""
+    first = head.get(0, b"")
+    if first[:4] in NETCDF3_MAGICS:
+        return "netcdf3"
+    for offset in _HDF5_OFFSETS:
+        if head.get(offset, b"")[:8] == HDF5_MAGIC:
+            return "hdf5"
+    return None
+
+
+def _read_head(registry: Any, url: str) -> dict[int, bytes]:
+    import obstore
+
+    store, path = registry.resolve(url)
+    head: dict[int, bytes] = {}
+    for offset in _HDF5_OFFSETS:
+        try:
+            head[offset] = bytes(obstore.get_range(store, path, start=offset, length=8))
+        except Exception:
+            break  # past the end of a small file
+        if offset == 0 and head[0][:4] in NETCDF3_MAGICS + (HDF5_MAGIC[:4],):
+            break
+    if 0 not in head:
+        # Let the real error (missing file, permission, empty file) surface.
+        head[0] = bytes(obstore.get_range(store, path, start=0, length=8))
+    return head
+
+
+def choose_loadable(
+    dims: Mapping[str, tuple[str, ...]], concat_dim: str, override: Iterable[str] | None
+) -> tuple[str, ...]:
+    """Variables to load rather than reference.
+
+    Default: the concat-dim coordinate and every variable without the concat dim
+    (1-D coordinates, bounds, scalar grid-mapping variables such as ``crs``). Those are
+    written once and compared on later granules; everything with the concat dim stays
+    virtual. An explicit ``override`` wins.
+    """
+    if override is not None:
+        return tuple(v for v in override if v in dims)
+    return tuple(
+        sorted(name for name, d in dims.items() if name == concat_dim or concat_dim not in d)
+    )
+
+
+def _short(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule:
+    from virtualizarr.parsers import HDFParser, NetCDF3Parser
+
+    try:
+        head = _read_head(registry, granule.url)
+    except FileNotFoundError as e:
+        raise GranuleError(f"{granule.key}: file vanished before it was read ({_short(e)})") from e
+    except Exception as e:
+        raise GranuleError(f"{granule.key}: cannot be read: {_short(e)}") from e
+    fmt = detect_format(head)
+    drop = list(spec.drop_variables) or None
+    group = spec.group or None
+    parser: Any
+    if fmt == "hdf5":
+        parser = HDFParser(group=group, drop_variables=drop)
+    elif fmt == "netcdf3":
+        parser = NetCDF3Parser(group=group, skip_variables=drop)
+    else:
+        raise GranuleError(
+            f"{granule.key}: not an HDF5/NetCDF4 or NetCDF-3 file "
+            f"(starts with {head.get(0, b'')[:8]!r})",
+            "Remove the file from the source or fix the upload; then `refstore retry`.",
+        )
+    try:
+        manifest_store = parser(url=granule.url, registry=registry)
+    except Exception as e:
+        raise GranuleError(f"{granule.key}: {fmt} parser failed: {_short(e)}") from e
+    arrays = manifest_store._group.arrays
+    dims = {name: tuple(arr.metadata.dimension_names or ()) for name, arr in arrays.items()}
+    all_dims = {d for ds in dims.values() for d in ds}
+    if spec.concat_dim not in all_dims:
+        raise GranuleError(
+            f"{granule.key}: has no dimension {spec.concat_dim!r} "
+            f"(dimensions: {', '.join(sorted(all_dims)) or 'none'})",
+            "Set [dataset] concat_dim to the dimension granules stack along "
+            "(or [dataset] group to the group that holds it).",
+        )
+    loadable = choose_loadable(dims, spec.concat_dim, spec.loadable_variables)
+    try:
+        ds = manifest_store.to_virtual_dataset(loadable_variables=list(loadable))
+    except Exception as e:
+        what = "time" if "time" in str(e).lower() or "decode" in str(e).lower() else "variables"
+        raise GranuleError(f"{granule.key}: cannot decode {what}: {_short(e)}") from e
+    try:
+        for name in loadable:
+            ds.variables[name].load()  # materialize: the dataset travels between processes
+    except Exception as e:
+        raise GranuleError(f"{granule.key}: cannot read loadable variables: {_short(e)}") from e
+    first = last = None
+    length = int(ds.sizes[spec.concat_dim])
+    if spec.concat_dim in ds.variables and ds[spec.concat_dim].dims == (spec.concat_dim,):
+        values = ds[spec.concat_dim].values
+        if values.size:
+            if np.issubdtype(values.dtype, np.datetime64) and np.isnat(values).any():
+                raise GranuleError(f"{granule.key}: {spec.concat_dim} has missing values (NaT)")
+            if values.size > 1 and not bool(np.all(values[1:] > values[:-1])):
+                raise GranuleError(
+                    f"{granule.key}: {spec.concat_dim} is not strictly increasing in the file"
+                )
+            first, last = values[0], values[-1]
+    return VirtualGranule(
+        granule=granule,
+        dataset=ds,
+        first=first,
+        last=last,
+        length=length,
+        signature=signature(ds, spec.concat_dim),
+    )
+
+
+def virtualize_granule(
+    granule: Granule, spec: DatasetSpec, source: Any
+) -> VirtualGranule | Failure:
+    """Virtualize one granule; a failure comes back as a value, never raised.
+
+    Parameters
+    ----------
+    granule
+        What to read.
+    spec
+        The [dataset] settings.
+    source
+        The granule's :class:`~refstore.sources.Source` (gives the reader registry).
+    """
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            # Oversized-chunk and codec-spec warnings are advice, not failures here.
+            warnings.simplefilter("ignore", UserWarning)
+            return _parse(granule, spec, source.registry())
+    except RefstoreError as e:
+        return Failure(key=granule.key, reason=e.message)
+    except Exception as e:  # a bad file must never stop the batch
+        return Failure(key=granule.key, reason=f"{granule.key}: {type(e).__name__}: {_short(e)}")
