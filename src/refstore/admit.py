@@ -9,7 +9,7 @@ values. The store is never touched for a rejected granule.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,11 +102,22 @@ def _sort_key(vg: VirtualGranule) -> tuple[int, Any, str]:
     return (first is None, first if first is not None else 0, vg.granule.key)
 
 
+def _as_keys(values: Any) -> set[Any]:
+    """Concat values as hashable, exactly comparable keys (datetimes as int ns)."""
+    if values is None:
+        return set()
+    arr = np.asarray(values)
+    if np.issubdtype(arr.dtype, np.datetime64):
+        arr = arr.astype("datetime64[ns]").astype(np.int64)
+    return set(arr.ravel().tolist())
+
+
 def admit(
     granules: Iterable[VirtualGranule],
     *,
     store_signature: Mapping[str, dict[str, Any]] | None,
     store_last: Any,
+    store_values: Callable[[Any, Any], Sequence[Any]] | None = None,
 ) -> Admission:
     """Order a batch along the concat dim and decide, granule by granule, what lands.
 
@@ -119,11 +130,16 @@ def admit(
         granule admitted sets it).
     store_last
         The store's last concat-dim value (None for a new store).
+    store_values
+        ``store_values(lo, hi)`` returns the store's concat values in ``[lo, hi]``; asked
+        only for a granule that does not come after the store's end, to tell a
+        duplicate from a late granule.
     """
     accepted: list[VirtualGranule] = []
     rejected: list[Failure] = []
     reference = dict(store_signature) if store_signature else None
     last = store_last
+    batch_values: set[Any] = set()
     for vg in sorted(granules, key=_sort_key):
         key = vg.granule.key
         problem = _chunk_problem(vg)
@@ -131,10 +147,17 @@ def admit(
             diffs = compare_signatures(reference, vg.signature)
             if diffs:
                 problem = "; ".join(diffs)
-        if problem is None and vg.first is not None and last is not None:
-            if vg.first == last:
-                problem = f"duplicate {format_value(vg.first)}: the store already has this step"
-            elif vg.first < last:
+        if problem is None and vg.first is not None and last is not None and vg.first <= last:
+            known = batch_values.copy()
+            if store_values is not None:
+                known |= _as_keys(store_values(vg.first, vg.last))
+            dup = _as_keys(vg.values) & known
+            if dup:
+                problem = (
+                    f"duplicate: {len(dup)} of its step(s) from {format_value(vg.first)} "
+                    "are already in the store"
+                )
+            else:
                 problem = (
                     f"starts at {format_value(vg.first)}, before the store's end "
                     f"{format_value(last)} (a late or out-of-order granule)"
@@ -145,11 +168,10 @@ def admit(
         if reference is None:
             reference = dict(vg.signature)
         accepted.append(vg)
+        batch_values |= _as_keys(vg.values)
         if vg.last is not None:
             last = vg.last
-    return Admission(
-        accepted=tuple(accepted), rejected=tuple(rejected), signature=reference or {}
-    )
+    return Admission(accepted=tuple(accepted), rejected=tuple(rejected), signature=reference or {})
 
 
 def stable_attrs(attrs: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], tuple[str, ...]]:
@@ -174,4 +196,4 @@ def _same(a: Any, b: Any) -> bool:
     try:
         return bool(np.array_equal(np.asarray(a), np.asarray(b)))
     except Exception:
-        return a == b
+        return bool(a == b)

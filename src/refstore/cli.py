@@ -43,9 +43,17 @@ def _quiet_icechunk() -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--verbose", "-v", is_flag=True, help="Log details and show tracebacks.")
+@click.option(
+    "--config",
+    "-c",
+    "group_config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="refstore.toml to use (also accepted after the command).",
+)
 @click.version_option(package_name="refstore")
 @click.pass_context
-def cli(ctx: click.Context, verbose: bool) -> None:
+def cli(ctx: click.Context, verbose: bool, group_config: str | None) -> None:
     """Keep virtual Zarr references of a growing NetCDF4/HDF5 collection.
 
     A SQLite ledger remembers the granules already referenced; `sync` adds only new
@@ -54,6 +62,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
+    ctx.obj["config"] = group_config
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="refstore: %(message)s",
@@ -64,6 +73,10 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 def _load(config_path: str | None, **overrides: Any) -> Any:
     from refstore.config import load_config
 
+    if config_path is None:
+        ctx = click.get_current_context(silent=True)
+        obj = ctx.find_object(dict) if ctx else None
+        config_path = obj.get("config") if obj else None
     return load_config(config_path, overrides=overrides)
 
 
@@ -170,7 +183,7 @@ def sync(
         source_url=source_url,
         executor=executor,
         workers=workers,
-        dask_address=dask_address or (None if executor != "dask" else None),
+        dask_address=dask_address,
         batch_size=batch_size,
     )
     show = sys.stderr.isatty() if progress is None else progress
@@ -333,7 +346,9 @@ def main() -> None:
         click.echo(f"  hint: {e.hint}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        click.echo("refstore: interrupted; the store is unchanged since its last snapshot", err=True)
+        click.echo(
+            "refstore: interrupted; the store is unchanged since its last snapshot", err=True
+        )
         sys.exit(130)
     except Exception as e:
         if verbose:

@@ -241,9 +241,7 @@ def load_config(
             f"Unknown setting(s): {', '.join(sorted(unknown))}.",
             "Check the spelling of the flag or setting.",
         )
-    return Config(
-        **values, root=str(root), config_path=str(config_path) if config_path else None
-    )
+    return Config(**values, root=str(root), config_path=str(config_path) if config_path else None)
 
 
 def render_toml(

@@ -122,9 +122,7 @@ def _write_parquet(refs: dict[str, Any], path: Path) -> None:
     import time
 
     # Versions are named by creation time so that sorting them by name orders them.
-    target = Path(
-        tempfile.mkdtemp(prefix=f".{path.name}.v{time.time_ns():020d}-", dir=path.parent)
-    )
+    target = Path(tempfile.mkdtemp(prefix=f".{path.name}.v{time.time_ns():020d}-", dir=path.parent))
     shutil.rmtree(target)  # refs_to_dataframe creates the folder itself
     try:
         refs_to_dataframe(refs, str(target))

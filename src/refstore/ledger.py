@@ -34,7 +34,7 @@ def _now() -> str:
 
 
 def _m001_initial(db: Any) -> None:
-    db["granules"].create(
+    db.table("granules").create(
         {
             "key": str,
             "url": str,
@@ -55,8 +55,8 @@ def _m001_initial(db: Any) -> None:
         not_null={"url", "revision", "status"},
         defaults={"attempts": 0},
     )
-    db["granules"].create_index(["status"])
-    db["history"].create(
+    db.table("granules").create_index(["status"])
+    db.table("history").create(
         {
             "id": int,
             "key": str,
@@ -69,8 +69,8 @@ def _m001_initial(db: Any) -> None:
         },
         pk="id",
     )
-    db["history"].create_index(["key"])
-    db["runs"].create(
+    db.table("history").create_index(["key"])
+    db.table("runs").create(
         {
             "id": str,
             "started_at": str,
@@ -84,7 +84,7 @@ def _m001_initial(db: Any) -> None:
         },
         pk="id",
     )
-    db["meta"].create({"key": str, "value": str}, pk="key")
+    db.table("meta").create({"key": str, "value": str}, pk="key")
 
 
 # Numbered migrations, applied in order and recorded in the `migrations` table.
@@ -125,15 +125,15 @@ class Ledger:
 
     # -- schema -------------------------------------------------------------------
     def _migrate(self) -> None:
-        if not self.db["migrations"].exists():
-            self.db["migrations"].create({"name": str, "applied_at": str}, pk="name")
-        done = {r["name"] for r in self.db["migrations"].rows}
+        if not self.db.table("migrations").exists():
+            self.db.table("migrations").create({"name": str, "applied_at": str}, pk="name")
+        done = {r["name"] for r in self.db.table("migrations").rows}
         for name, apply in MIGRATIONS:
             if name in done:
                 continue
             with self._tx():
                 apply(self.db)
-                self.db["migrations"].insert({"name": name, "applied_at": _now()})
+                self.db.table("migrations").insert({"name": name, "applied_at": _now()})
 
     def _tx(self) -> Any:
         """A write transaction (the connection is in autocommit mode otherwise)."""
@@ -146,7 +146,7 @@ class Ledger:
     @property
     def migrations(self) -> list[str]:
         """Names of the applied migrations, in order."""
-        return [r["name"] for r in self.db["migrations"].rows_where(order_by="name")]
+        return [r["name"] for r in self.db.table("migrations").rows_where(order_by="name")]
 
     # -- reads --------------------------------------------------------------------
     def rows(self) -> dict[str, LedgerRow]:
@@ -157,7 +157,7 @@ class Ledger:
         """Granule rows, optionally only those with ``status``, ordered by time then key."""
         where = "status = ?" if status else None
         args = [str(status)] if status else []
-        for r in self.db["granules"].rows_where(where, args, order_by="start, key"):
+        for r in self.db.table("granules").rows_where(where, args, order_by="start, key"):
             yield LedgerRow(
                 key=r["key"],
                 url=r["url"],
@@ -173,15 +173,15 @@ class Ledger:
     def counts(self) -> dict[str, int]:
         """Number of granules per status."""
         sql = "select status, count(*) from granules group by status"
-        return {status: n for status, n in self.db.execute(sql).fetchall()}
+        return dict(self.db.execute(sql).fetchall())
 
     def history(self, key: str) -> list[dict[str, Any]]:
         """Every recorded status change of one granule, oldest first."""
-        return list(self.db["history"].rows_where("key = ?", [key], order_by="id"))
+        return list(self.db.table("history").rows_where("key = ?", [key], order_by="id"))
 
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
         """The most recent sync runs, newest first."""
-        return list(self.db["runs"].rows_where(order_by="started_at desc", limit=limit))
+        return list(self.db.table("runs").rows_where(order_by="started_at desc", limit=limit))
 
     def get_meta(self, key: str) -> str | None:
         """A value from the ``meta`` table, or None."""
@@ -192,13 +192,13 @@ class Ledger:
     def set_meta(self, key: str, value: str) -> None:
         """Store one ``meta`` value."""
         with self._tx():
-            self.db["meta"].upsert({"key": key, "value": value}, pk="key")
+            self.db.table("meta").upsert({"key": key, "value": value}, pk="key")
 
     def start_run(self) -> str:
         """Record the start of a sync run and return its id."""
         run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
         with self._tx():
-            self.db["runs"].insert({"id": run_id, "started_at": _now(), "status": "running"})
+            self.db.table("runs").insert({"id": run_id, "started_at": _now(), "status": "running"})
         return run_id
 
     def finish_run(
@@ -214,7 +214,7 @@ class Ledger:
     ) -> None:
         """Record how a run ended."""
         with self._tx():
-            self.db["runs"].update(
+            self.db.table("runs").update(
                 run_id,
                 {
                     "finished_at": _now(),
@@ -236,7 +236,7 @@ class Ledger:
                     "select revision from granules where key = ?", [g.key]
                 ).fetchone()
                 if existing is None:
-                    self.db["granules"].insert(
+                    self.db.table("granules").insert(
                         {
                             "key": g.key,
                             "url": g.url,
@@ -251,7 +251,7 @@ class Ledger:
                         }
                     )
                 elif existing[0] != g.revision:
-                    self.db["granules"].update(
+                    self.db.table("granules").update(
                         g.key,
                         {
                             "url": g.url,
@@ -266,7 +266,9 @@ class Ledger:
                     )
                     self._log(g.key, g.revision, Status.NEW, None, "revised upstream", run_id)
 
-    def mark_virtualized(self, keys: Iterable[str], ranges: dict[str, tuple[str, str]]) -> None:
+    def mark_virtualized(
+        self, keys: Iterable[str], ranges: dict[str, tuple[str | None, str | None]]
+    ) -> None:
         """Granules whose virtual datasets were built in this run."""
         now = _now()
         with self._tx():
@@ -291,7 +293,9 @@ class Ledger:
                 rev = self.db.execute(
                     "select revision from granules where key = ?", [f.key]
                 ).fetchone()
-                self._log(f.key, rev[0] if rev else None, Status.QUARANTINED, None, f.reason, run_id)
+                self._log(
+                    f.key, rev[0] if rev else None, Status.QUARANTINED, None, f.reason, run_id
+                )
 
     def requeue_quarantined(self, keys: Iterable[str] | None = None) -> list[str]:
         """Put quarantined granules (all, or ``keys``) back to ``new`` for the next sync."""
@@ -327,7 +331,7 @@ class Ledger:
                         continue
                     if row is None:
                         # The ledger was lost or is older than the repo: rebuild the row.
-                        self.db["granules"].insert(
+                        self.db.table("granules").insert(
                             {
                                 "key": key,
                                 "url": "",
@@ -362,7 +366,7 @@ class Ledger:
         reason: str | None,
         run_id: str | None,
     ) -> None:
-        self.db["history"].insert(
+        self.db.table("history").insert(
             {
                 "key": key,
                 "revision": revision,

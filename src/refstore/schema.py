@@ -68,7 +68,9 @@ def signature(ds: Any, concat_dim: str) -> dict[str, dict[str, Any]]:
         dims = [str(d) for d in var.dims]
         entry: dict[str, Any] = {
             "dims": dims,
-            "shape": [None if d == concat_dim else int(n) for d, n in zip(dims, var.shape)],
+            "shape": [
+                None if d == concat_dim else int(n) for d, n in zip(dims, var.shape, strict=True)
+            ],
         }
         attrs = {**var.encoding, **var.attrs}
         for key in _PACKING:

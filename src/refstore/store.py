@@ -307,6 +307,14 @@ class Store:
         session = self.repo.readonly_session(snapshot_id=snapshot)
         return dict(zarr.open_group(session.store, mode="r", zarr_format=3).attrs)
 
+    def concat_values(self, concat_dim: str, lo: Any, hi: Any) -> Any:
+        """The head's concat-coordinate values in ``[lo, hi]`` (decoded)."""
+        ds = self.open_dataset(None)
+        if concat_dim not in ds.variables:
+            return []
+        values = ds[concat_dim].values
+        return values[(values >= lo) & (values <= hi)]
+
     # -- writing ----------------------------------------------------------------------
     def write(
         self,
@@ -340,9 +348,7 @@ class Store:
         except Exception as e:
             raise StoreError(f"Writing to the repository failed: {e}") from e
         try:
-            return str(
-                session.commit(message, metadata={METADATA_KEY: metadata}, rebase_with=None)
-            )
+            return str(session.commit(message, metadata={METADATA_KEY: metadata}, rebase_with=None))
         except icechunk.ConflictError as e:
             raise ConflictError(
                 f"Another writer committed to {self.url} during this sync: {e}"
@@ -371,5 +377,3 @@ def _commit_info(info: Any) -> CommitInfo | None:
         end=meta.get("end"),
         run_id=meta.get("run_id"),
     )
-
-

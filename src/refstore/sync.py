@@ -77,7 +77,7 @@ def _coord_chunk(config: Config, accepted: Sequence[VirtualGranule]) -> int:
         steps = np.diff(np.array(values, dtype="datetime64[ns]")).astype(np.int64)
         step = float(np.median(steps[steps > 0])) if (steps > 0).any() else 0.0
         if step > 0:
-            per_year = int(round(365.25 * 86400e9 / step))
+            per_year = round(365.25 * 86400e9 / step)
             return max(16, min(per_year, 100_000))
     return DEFAULT_COORD_CHUNK
 
@@ -238,11 +238,21 @@ def sync(
             if healed:
                 log.info("reconciled %d granule(s) from the repository history", healed)
             discovered = list(source.discover())
-            plan = plan_sync(discovered, ledger.rows())
+            rows = ledger.rows()
+            plan = plan_sync(discovered, rows)
+            # Committed granules changed upstream: their place is taken (until in-place
+            # replacement lands), so they are reported instead of appended again.
+            replaced = {
+                g.key: rows[g.key].revision
+                for g in plan.revised
+                if rows[g.key].status is Status.COMMITTED
+            }
             timings["discover"] = time.perf_counter() - t0
             _fault("after-discovery")
             ledger.record_seen(plan.todo, run_id)
-            result = _run_batches(config, store, source, ledger, plan.todo, run_id, progress, timings)
+            result = _run_batches(
+                config, store, source, ledger, plan.todo, replaced, run_id, progress, timings
+            )
             added, failures, snapshots, start, end = result
             if tag and snapshots:
                 store.tag(tag, snapshots[-1])
@@ -284,6 +294,7 @@ def _run_batches(
     source: Source,
     ledger: Ledger,
     todo: Sequence[Granule],
+    replaced: dict[str, str],
     run_id: str,
     progress: ProgressFactory | None,
     timings: dict[str, float],
@@ -294,7 +305,6 @@ def _run_batches(
         drop_variables=config.drop_variables,
         group=config.group,
     )
-    rows = ledger.rows()
     added: list[str] = []
     failures: list[Failure] = []
     snapshots: list[str] = []
@@ -304,17 +314,17 @@ def _run_batches(
         t = time.perf_counter()
         # A committed granule whose file changed upstream cannot be re-appended: its
         # place is taken. Quarantine it loudly rather than serve changed bytes.
-        revised = [g for g in batch if g.key in rows and rows[g.key].status is Status.COMMITTED]
+        revised = [g for g in batch if g.key in replaced]
         failures_now = [
             Failure(
                 g.key,
                 f"{g.key}: revised upstream after it was committed "
-                f"(revision {rows[g.key].revision} -> {g.revision}); the store keeps the "
+                f"(revision {replaced[g.key]} -> {g.revision}); the store keeps the "
                 "old references",
             )
             for g in revised
         ]
-        fresh = [g for g in batch if g not in revised]
+        fresh = [g for g in batch if g.key not in replaced]
         results = virtualize_all(
             fresh,
             spec,
@@ -336,6 +346,7 @@ def _run_batches(
             ok,
             store_signature=head.signature if head else None,
             store_last=from_json_value(head.last) if head else None,
+            store_values=lambda lo, hi: store.concat_values(config.concat_dim, lo, hi),
         )
         failures_now += admission.rejected
         ledger.quarantine(failures_now, run_id)

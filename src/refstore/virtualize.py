@@ -53,6 +53,7 @@ class VirtualGranule:
     last: Any
     length: int
     signature: dict[str, dict[str, Any]]
+    values: Any = None  # the concat coordinate's values (numpy), if it has one
 
     @property
     def start(self) -> str | None:
@@ -99,7 +100,7 @@ def _read_head(registry: Any, url: str) -> dict[int, bytes]:
             head[offset] = bytes(obstore.get_range(store, path, start=offset, length=8))
         except Exception:
             break  # past the end of a small file
-        if offset == 0 and head[0][:4] in NETCDF3_MAGICS + (HDF5_MAGIC[:4],):
+        if offset == 0 and head[0][:4] in (*NETCDF3_MAGICS, HDF5_MAGIC[:4]):
             break
     if 0 not in head:
         # Let the real error (missing file, permission, empty file) surface.
@@ -177,7 +178,7 @@ def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule
             ds.variables[name].load()  # materialize: the dataset travels between processes
     except Exception as e:
         raise GranuleError(f"{granule.key}: cannot read loadable variables: {_short(e)}") from e
-    first = last = None
+    first = last = values = None
     length = int(ds.sizes[spec.concat_dim])
     if spec.concat_dim in ds.variables and ds[spec.concat_dim].dims == (spec.concat_dim,):
         values = ds[spec.concat_dim].values
@@ -196,6 +197,7 @@ def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule
         last=last,
         length=length,
         signature=signature(ds, spec.concat_dim),
+        values=values,
     )
 
 

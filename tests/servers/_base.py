@@ -11,8 +11,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -76,7 +76,7 @@ class QuietHandler(BaseHTTPRequestHandler):
     server_version = "refstore-test"
     sys_version = ""
     # Socket timeout for every connection (idle keep-alive included); set per server in start().
-    timeout: float | None = 30.0
+    timeout = 30.0
 
     @property
     def owner(self) -> Any:

@@ -1,14 +1,15 @@
 """Loopback HTTP/1.1 file server with byte-range support, optional bearer auth and fault injection.
 
-Serves the files under ``root`` (read-only, no directory listings) at ``http://127.0.0.1:<port>/<relpath>``:
+Serves the files under ``root`` (read-only, no directory listings) at
+``http://127.0.0.1:<port>/<relpath>``:
 
-- ``GET`` / ``HEAD`` with ``Content-Length``, ``Accept-Ranges: bytes``, a strong ``ETag`` (hash of the
-  file content and mtime, so it is stable until the file changes) and ``Last-Modified``.
+- ``GET`` / ``HEAD`` with ``Content-Length``, ``Accept-Ranges: bytes``, a strong ``ETag`` (hash of
+  the file content and mtime, so it is stable until the file changes) and ``Last-Modified``.
 - ``Range: bytes=a-b``, ``bytes=a-`` and suffix ``bytes=-n`` -> ``206`` + ``Content-Range``; an
   unsatisfiable range -> ``416`` + ``Content-Range: bytes */size``; a syntactically invalid or
   multi-range header is ignored and the whole file is sent (``200``), as RFC 9110 allows.
-- ``If-Match`` (``412`` on mismatch), ``If-None-Match`` (``304``) and ``If-Range`` (full ``200`` when
-  the validator no longer matches) so clients can detect a file that changed under them.
+- ``If-Match`` (``412`` on mismatch), ``If-None-Match`` (``304``) and ``If-Range`` (full ``200``
+  when the validator no longer matches) so clients can detect a file that changed under them.
 - ``bearer_token``: when set, requests without ``Authorization: Bearer <token>`` get ``401``.
 - thread-safe per-path counters (:class:`PathStats`): requests, bytes of body sent, status codes,
   served ranges, so a test can assert exactly what a client read.
@@ -20,7 +21,7 @@ Client notes (verified in ``tests/test_servers.py``):
 - obstore: ``HTTPStore.from_url(server.base_url, client_options={"allow_http": True,
   "default_headers": {"Authorization": "Bearer <token>"}})``; ``allow_http`` is required for
   ``http://`` URLs. obstore needs ``Last-Modified`` on GET/HEAD responses, which is why it is sent.
-- fsspec: ``fsspec.filesystem("http", headers={"Authorization": ...})`` works out of the box (aiohttp).
+- fsspec: ``fsspec.filesystem("http", headers={"Authorization": ...})`` works as is (aiohttp).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ _RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 _CHUNK = 256 * 1024
 
 
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
+def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     """Parse a single ``Range`` header against a file of ``size`` bytes.
 
     Returns ``(start, end_exclusive)`` for a satisfiable range, ``None`` when the header is absent
@@ -117,7 +118,8 @@ class _RangeHandler(QuietHandler):
         if token is not None and self.headers.get("Authorization", "") != f"Bearer {token}":
             srv._count_status(rel, 401)
             self.send_body(
-                401, b"missing or wrong bearer token\n",
+                401,
+                b"missing or wrong bearer token\n",
                 headers={"WWW-Authenticate": 'Bearer realm="refstore-test"'},
                 head_only=head_only,
             )
@@ -162,7 +164,8 @@ class _RangeHandler(QuietHandler):
         if rng == "unsatisfiable":
             srv._count_status(rel, 416)
             self.send_body(
-                416, b"range not satisfiable\n",
+                416,
+                b"range not satisfiable\n",
                 headers={**common, "Content-Range": f"bytes */{size}"},
                 head_only=head_only,
             )

@@ -1,7 +1,7 @@
 """Loopback S3 for tests: moto's ``ThreadedMotoServer`` on ``127.0.0.1`` and a free port.
 
 Credentials are fixed fakes (moto accepts any signature): :data:`ACCESS_KEY_ID`,
-:data:`SECRET_ACCESS_KEY`, region :data:`REGION` (``us-west-2``, where NASA's Earthdata cloud lives).
+:data:`SECRET_ACCESS_KEY`, region :data:`REGION` (``us-west-2``, where NASA Earthdata lives).
 
 Options that were needed against the loopback endpoint (verified in ``tests/test_servers.py``):
 
@@ -24,7 +24,9 @@ Caveats:
   share buckets. :meth:`MotoS3Server.reset` (``POST /moto-api/reset``) wipes *all* moto state.
 - moto does not check credentials. To simulate expiring Earthdata S3 credentials, pass a
   ``session_token_validator`` (e.g. ``EarthdataAuthServer.is_session_token_valid``): requests whose
-  ``X-Amz-Security-Token`` it rejects get S3's ``400 ExpiredToken`` error before reaching moto.
+  ``X-Amz-Security-Token`` it rejects (``None`` when absent) get S3's ``400 ExpiredToken`` error
+  before reaching moto. The server's own boto3 helper client (``make_bucket``, ``upload_file``...)
+  is exempt.
 - Every request is logged in :attr:`MotoS3Server.requests` (method, bucket/key path, Range, status).
 """
 
@@ -87,11 +89,15 @@ class _Middleware:
         method = environ.get("REQUEST_METHOD", "")
         rng = environ.get("HTTP_RANGE")
         validator = self.owner.session_token_validator
-        if validator is not None and not validator(token):
+        admin = environ.get("HTTP_X_REFSTORE_TEST_ADMIN") == "1"
+        if validator is not None and not admin and not validator(token):
             self.owner._log(S3Request(method, path, rng, token, 400))
             start_response(
                 "400 Bad Request",
-                [("Content-Type", "application/xml"), ("Content-Length", str(len(_EXPIRED_TOKEN_XML)))],
+                [
+                    ("Content-Type", "application/xml"),
+                    ("Content-Length", str(len(_EXPIRED_TOKEN_XML))),
+                ],
             )
             return [_EXPIRED_TOKEN_XML]
 
@@ -141,8 +147,10 @@ class MotoS3Server:
         moto.start()
         # ThreadedMotoServer has no hook for middleware or a handler class: patch its werkzeug
         # server (app and RequestHandlerClass are read per request) before any request is made.
-        moto._server.app = _Middleware(moto._server.app, self)
-        moto._server.RequestHandlerClass = _QuietHandler
+        wsgi_server = moto._server
+        assert wsgi_server is not None
+        wsgi_server.app = _Middleware(wsgi_server.app, self)
+        wsgi_server.RequestHandlerClass = _QuietHandler
         self._moto = moto
         return self
 
@@ -207,6 +215,12 @@ class MotoS3Server:
                 ),
                 **self.credentials(),
             )
+
+            def _mark_admin(request: Any, **_: Any) -> None:
+                request.headers["x-refstore-test-admin"] = "1"
+
+            # The helper client bypasses session_token_validator (it sets up fixtures).
+            self._client.meta.events.register("before-sign.s3", _mark_admin)
         return self._client
 
     def make_bucket(self, name: str) -> None:

@@ -92,5 +92,3 @@ class LocalSource:
         """A ``file://`` container over the source folder."""
         prefix = self.root.resolve().as_uri().rstrip("/") + "/"
         return ContainerSpec(url_prefix=prefix, kind="local")
-
-

@@ -1,0 +1,41 @@
+"""Assertions shared by the tests: compare a store with direct reads of its files."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+
+def direct_read(files: Sequence[Path], concat_dim: str = "time", **kwargs: Any) -> xr.Dataset:
+    """The files read straight with h5netcdf (netCDF-3: scipy) and concatenated."""
+    engine = kwargs.pop("engine", None)
+    datasets = []
+    for f in files:
+        eng = engine or ("scipy" if f.read_bytes()[:3] == b"CDF" else "h5netcdf")
+        datasets.append(xr.open_dataset(f, engine=eng, **kwargs).load())
+    if len(datasets) == 1:
+        return datasets[0]
+    return xr.concat(
+        datasets,
+        dim=concat_dim,
+        data_vars="minimal",
+        coords="minimal",
+        compat="override",
+        join="override",
+        combine_attrs="override",
+    )
+
+
+def assert_same_values(actual: xr.Dataset, expected: xr.Dataset) -> None:
+    """Every variable of ``expected`` is in ``actual`` with equal values and dtype."""
+    missing = set(expected.variables) - set(actual.variables)
+    assert not missing, f"missing variables {missing}"
+    for name in expected.variables:
+        a, e = actual[name], expected[name]
+        assert a.dims == e.dims, (name, a.dims, e.dims)
+        assert a.dtype == e.dtype, (name, a.dtype, e.dtype)
+        np.testing.assert_array_equal(a.values, e.values, err_msg=str(name))

@@ -1,0 +1,217 @@
+"""sync end to end on real granules: append, idempotence, time travel, export, recovery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import refstore
+from refstore.admit import PER_GRANULE_ATTRS
+from refstore.api import open_store
+from refstore.ledger import Ledger
+from refstore.models import Status
+from tests.conftest import GAMSSA
+from tests.helpers import assert_same_values, direct_read
+
+
+def test_gamssa_two_days_append_equal_to_direct_read(make_config, arrive) -> None:
+    config = make_config()
+    arrive(GAMSSA[0])
+    first = refstore.sync(config)
+    assert first.added == (GAMSSA[0].name,) and len(first.snapshots) == 1
+    arrive(GAMSSA[1])
+    second = refstore.sync(config)
+    assert second.added == (GAMSSA[1].name,) and len(second.snapshots) == 1
+
+    expected = direct_read(GAMSSA)
+    assert_same_values(refstore.open_dataset(config).load(), expected)
+    assert_same_values(refstore.open_dataset(config, source="export").load(), expected)
+
+
+def test_second_sync_adds_no_snapshot(make_config, arrive) -> None:
+    config = make_config()
+    arrive(*GAMSSA)
+    refstore.sync(config)
+    store = open_store(config)
+    head = store.head_snapshot()
+    again = refstore.sync(config)
+    assert again.up_to_date and again.snapshots == () and again.export is None
+    assert open_store(config).head_snapshot() == head
+    assert len(store.log()) == 2  # "Repository initialized" + one sync
+
+
+def test_one_commit_per_sync_with_granule_metadata(make_config, arrive, ccmp_archive) -> None:
+    config = make_config()
+    files = ccmp_archive(5)
+    arrive(*files)
+    result = refstore.sync(config)
+    commits = open_store(config).commits()
+    assert len(commits) == 1 and result.snapshots == (commits[0].snapshot,)
+    assert commits[0].granules == tuple(f.name for f in files)
+    assert commits[0].start == "2024-01-01T00:00:00" and commits[0].end == "2024-01-05T18:00:00"
+
+
+def test_time_travel_by_snapshot_tag_and_date(make_config, arrive, ccmp_archive) -> None:
+    config = make_config()
+    files = ccmp_archive(4)
+    arrive(*files[:2])
+    s1 = refstore.sync(config, tag="v1").snapshots[0]
+    arrive(*files[2:])
+    refstore.sync(config)
+
+    head = refstore.open_dataset(config)
+    assert head.sizes["time"] == 16
+    for ref in (s1, "v1"):
+        old = refstore.open_dataset(config, at=ref)
+        assert old.sizes["time"] == 8
+        np.testing.assert_array_equal(old.uwnd.values, head.uwnd.isel(time=slice(0, 8)).values)
+    store = open_store(config)
+    written = next(c.written_at for c, _ in store.log() if c.snapshot == s1)
+    assert refstore.open_dataset(config, at=written).sizes["time"] == 8
+    with pytest.raises(refstore.NotFoundError, match="did not exist yet"):
+        refstore.open_dataset(config, at="1999-01-01")
+    with pytest.raises(refstore.NotFoundError, match="No snapshot, tag or date"):
+        refstore.open_dataset(config, at="no-such-tag")
+
+
+def test_export_equals_head_after_each_sync(make_config, arrive, ccmp_archive) -> None:
+    config = make_config()
+    files = ccmp_archive(3)
+    for f in files:
+        arrive(f)
+        refstore.sync(config)
+        repo = refstore.open_dataset(config).load()
+        export = refstore.open_dataset(config, source="export").load()
+        assert_same_values(export, repo)
+        assert repo.attrs == export.attrs
+    # older export versions are cleaned up, one previous kept for readers in flight
+    versions = list(Path(config.export).parent.glob(".refs.parquet.v*"))
+    assert 1 <= len(versions) <= 2
+
+
+def test_loadable_default_and_large_coordinate_chunk(make_config, arrive, ccmp_archive) -> None:
+    config = make_config()
+    arrive(*ccmp_archive(2))
+    refstore.sync(config)
+    store = open_store(config)
+    import zarr
+
+    group = zarr.open_group(store.session().store, mode="r", zarr_format=3)
+    # 6-hourly steps: about a year of steps per chunk of the loaded time coordinate
+    assert group["time"].chunks == (1461,)
+    assert group["uwnd"].chunks == (1, 32, 64)
+    splitting = store.repo.config.manifest.splitting
+    assert splitting is not None
+
+
+def test_root_attrs_keep_stable_drop_per_granule(make_config, arrive, ccmp_archive) -> None:
+    config = make_config()
+    files = ccmp_archive(3)
+    arrive(files[0])
+    refstore.sync(config)
+    arrive(*files[1:])
+    refstore.sync(config)
+    attrs = refstore.open_dataset(config).attrs
+    assert not (set(attrs) & (PER_GRANULE_ATTRS - {"time_coverage_start", "time_coverage_end"}))
+    assert "id" not in attrs or attrs["id"] != files[-1].stem
+    assert attrs["institution"] == "Remote Sensing Systems"
+    assert attrs["time_coverage_start"] == "2024-01-01T00:00:00Z"
+    assert attrs["time_coverage_end"] == "2024-01-03T18:00:00Z"
+
+
+def test_bad_granule_is_quarantined_and_rest_lands(
+    make_config, arrive, ccmp_archive, incoming
+) -> None:
+    config = make_config()
+    files = ccmp_archive(3)
+    arrive(*files)
+    (incoming / "zz_truncated.nc").write_bytes(files[0].read_bytes()[:5000])
+    (incoming / "notes.nc").write_text("not a granule")
+    result = refstore.sync(config)
+    assert set(result.added) == {f.name for f in files}
+    reasons = {f.key: f.reason for f in result.quarantined}
+    assert set(reasons) == {"zz_truncated.nc", "notes.nc"}
+    assert "not an HDF5/NetCDF4 or NetCDF-3 file" in reasons["notes.nc"]
+    assert reasons["zz_truncated.nc"].startswith("zz_truncated.nc: ")
+    ledger = Ledger(config.ledger)
+    rows = ledger.rows()
+    assert rows["notes.nc"].status is Status.QUARANTINED
+    assert rows[files[0].name].status is Status.COMMITTED
+    # a quarantined granule is not retried until it changes or `retry` is asked for
+    again = refstore.sync(config)
+    assert again.up_to_date and again.quarantined == ()
+
+
+def test_late_and_duplicate_granules_never_corrupt(
+    make_config, arrive, ccmp_archive, incoming
+) -> None:
+    config = make_config()
+    files = ccmp_archive(4)
+    arrive(files[0], files[2], files[3])
+    refstore.sync(config)
+    before = refstore.open_dataset(config).load()
+    arrive(files[1])  # a late day
+    dup = incoming / "copy_of_last.nc"
+    dup.write_bytes(files[3].read_bytes())  # the same time steps under another name
+    result = refstore.sync(config)
+    reasons = {f.key: f.reason for f in result.quarantined}
+    assert "before the store's end" in reasons[files[1].name]
+    assert "duplicate" in reasons["copy_of_last.nc"]
+    after = refstore.open_dataset(config).load()
+    assert_same_values(after, before)
+
+
+def test_grid_and_packing_drift_quarantined(make_config, arrive, ccmp_archive) -> None:
+    from datetime import datetime
+
+    config = make_config()
+    arrive(*ccmp_archive(2))
+    refstore.sync(config)
+    shifted = ccmp_archive(1, datetime(2024, 1, 3), lat_offset=0.5)
+    packed = ccmp_archive(1, datetime(2024, 1, 4), dtype="int16", scale_factor=0.01, add_offset=0.0)
+    dropped = ccmp_archive(1, datetime(2024, 1, 5), variables=("uwnd", "vwnd", "ws"))
+    for f, name in ((shifted[0], "a.nc"), (packed[0], "b.nc"), (dropped[0], "c.nc")):
+        arrive(f)
+        (f.parent.parent.parent / "incoming" / f.name).rename(
+            f.parent.parent.parent / "incoming" / name
+        )
+    result = refstore.sync(config)
+    reasons = {f.key: f.reason for f in result.quarantined}
+    assert "latitude: values differ" in reasons["a.nc"]
+    assert "dtype" in reasons["b.nc"] and "uwnd" in reasons["b.nc"]
+    assert "missing variable(s) nobs" in reasons["c.nc"]
+    assert refstore.open_dataset(config).sizes["time"] == 8
+
+
+def test_crash_after_commit_heals_on_next_run(make_config, arrive, ccmp_archive) -> None:
+    config = make_config()
+    files = ccmp_archive(2)
+    arrive(*files)
+    refstore.sync(config)
+    # Lose the ledger entirely: the repository history is the source of truth.
+    for p in Path(config.ledger).parent.glob("ledger.db*"):
+        p.unlink()
+    result = refstore.sync(config)
+    assert result.up_to_date
+    rows = Ledger(config.ledger).rows()
+    assert {r.status for r in rows.values()} == {Status.COMMITTED}
+    assert refstore.open_dataset(config).sizes["time"] == 8
+
+
+def test_revised_committed_granule_is_reported_not_reappended(
+    make_config, arrive, ccmp_archive
+) -> None:
+    import os
+
+    config = make_config()
+    files = ccmp_archive(2)
+    copies = arrive(*files)
+    refstore.sync(config)
+    st = copies[1].stat()
+    os.utime(copies[1], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    result = refstore.sync(config)
+    assert [f.key for f in result.quarantined] == [files[1].name]
+    assert "revised upstream" in result.quarantined[0].reason
+    assert refstore.open_dataset(config).sizes["time"] == 8
