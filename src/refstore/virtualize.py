@@ -180,6 +180,11 @@ def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule
         raise GranuleError(f"{granule.key}: cannot read loadable variables: {_short(e)}") from e
     first = last = values = None
     length = int(ds.sizes[spec.concat_dim])
+    if length == 0:
+        raise GranuleError(
+            f"{granule.key}: has no steps along {spec.concat_dim!r} (the dimension is empty)",
+            "Nothing to append; if the file is incomplete, replace it upstream and retry.",
+        )
     if spec.concat_dim in ds.variables and ds[spec.concat_dim].dims == (spec.concat_dim,):
         values = ds[spec.concat_dim].values
         if values.size:
