@@ -20,7 +20,8 @@ def _config(config: str | os.PathLike[str] | Config | None) -> Config:
 def open_store(config: str | os.PathLike[str] | Config | None = None) -> Store:
     """The :class:`~refstore.store.Store` of a configuration, with source access granted."""
     cfg = _config(config)
-    return Store(cfg.repo, (source_for(cfg).container(),))
+    source = source_for(cfg)
+    return Store(cfg.repo, (source.container(),), source)
 
 
 def open_export(path: str | os.PathLike[str], **kwargs: Any) -> Any:

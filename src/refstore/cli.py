@@ -302,8 +302,7 @@ def export(config_path: str | None, at: str | None, fmt: str, output: str | None
     cfg = _load(config_path)
     store = open_store(cfg)
     session = store.session(at)
-    native = store.local_path.resolve().as_uri() + "/chunks"
-    refs = build_refs(session, source_for(cfg).registry(), native)
+    refs = build_refs(session, source_for(cfg).registry(), store.native_chunks_prefix)
     path = write_export(refs, output or cfg.export, fmt)
     click.echo(f"wrote {path}")
 

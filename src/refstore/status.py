@@ -19,7 +19,8 @@ def gather_status(config: Config) -> dict[str, Any]:
     """A JSON-ready summary of the store and its ledger."""
     ledger = Ledger(config.ledger)
     try:
-        store = Store(config.repo, (source_for(config).container(),))
+        source = source_for(config)
+        store = Store(config.repo, (source.container(),), source)
         head = store.head() if store.exists() else None
         return {
             "repo": config.repo,

@@ -71,23 +71,30 @@ class Store:
     containers
         Virtual chunk containers to authorize (the source's); local ``file://``
         containers already saved in the repository are authorized too.
+    source
+        The granule source, asked for container credentials when opening.
     """
 
-    def __init__(self, url: str, containers: tuple[ContainerSpec, ...] = ()) -> None:
+    def __init__(
+        self, url: str, containers: tuple[ContainerSpec, ...] = (), source: Any = None
+    ) -> None:
         self.url = url
         self.containers = containers
+        self.source = source  # may grant container credentials (never stored)
         self._repo: Any = None
 
     # -- opening --------------------------------------------------------------------
     def _storage(self) -> Any:
-        import icechunk
+        from refstore.storage import repo_storage
 
-        return icechunk.local_filesystem_storage(self.url)
+        return repo_storage(self.url)
 
     @property
-    def local_path(self) -> Path:
-        """The repository folder (local stores)."""
-        return Path(self.url)
+    def native_chunks_prefix(self) -> str:
+        """URL prefix of the repository's own (non-virtual) chunks, for the export."""
+        if "://" in self.url and not self.url.startswith("file://"):
+            return self.url.rstrip("/") + "/chunks"
+        return Path(self.url.removeprefix("file://")).resolve().as_uri() + "/chunks"
 
     def exists(self) -> bool:
         """Whether a repository is already there."""
@@ -98,10 +105,11 @@ class Store:
     def _authorizations(self, saved: dict[str, Any] | None) -> dict[str, Any]:
         from icechunk.credentials import LocalFileSystemAccess
 
-        auth: dict[str, Any] = {}
-        for c in self.containers:
-            if c.kind == "local":
-                auth[c.url_prefix] = LocalFileSystemAccess
+        from refstore.storage import container_credentials
+
+        auth: dict[str, Any] = {
+            c.url_prefix: container_credentials(c, self.source) for c in self.containers
+        }
         for prefix in saved or {}:
             if prefix.startswith("file://"):
                 auth.setdefault(prefix, LocalFileSystemAccess)
@@ -140,10 +148,12 @@ class Store:
         """Create the repository with its container and manifest splitting."""
         import icechunk
 
+        from refstore.storage import container_store_config
+
         config = icechunk.RepositoryConfig.default()
         for c in self.containers:
             config.set_virtual_chunk_container(
-                icechunk.VirtualChunkContainer(c.url_prefix, _store_config(c))
+                icechunk.VirtualChunkContainer(c.url_prefix, container_store_config(c))
             )
         split = icechunk.ManifestSplittingConfig.from_dict(
             {
@@ -171,6 +181,8 @@ class Store:
         """Add the source's container to an existing repository if it lacks it."""
         import icechunk
 
+        from refstore.storage import container_store_config
+
         saved = self.repo.config.virtual_chunk_containers or {}
         missing = [c for c in self.containers if c.url_prefix not in saved]
         if not missing:
@@ -178,7 +190,7 @@ class Store:
         config = icechunk.RepositoryConfig()
         for c in missing:
             config.set_virtual_chunk_container(
-                icechunk.VirtualChunkContainer(c.url_prefix, _store_config(c))
+                icechunk.VirtualChunkContainer(c.url_prefix, container_store_config(c))
             )
         self._repo = self.repo.reopen(config=config)
         self._repo.save_config()
@@ -353,14 +365,6 @@ class Store:
             raise ConflictError(
                 f"Another writer committed to {self.url} during this sync: {e}"
             ) from e
-
-
-def _store_config(c: ContainerSpec) -> Any:
-    import icechunk
-
-    if c.kind == "local":
-        return icechunk.local_filesystem_store(c.url_prefix.removeprefix("file://"))
-    raise StoreError(f"Unsupported container kind {c.kind!r} for {c.url_prefix}.")
 
 
 def _commit_info(info: Any) -> CommitInfo | None:

@@ -189,8 +189,7 @@ def export_head(config: Config, store: Store, source: Source, ledger: Ledger) ->
 
     head = store.head_snapshot()
     session = store.repo.readonly_session(snapshot_id=head)
-    native = store.local_path.resolve().as_uri() + "/chunks"
-    refs = build_refs(session, source.registry(), native)
+    refs = build_refs(session, source.registry(), store.native_chunks_prefix)
     _fault("during-export")
     path = write_export(refs, config.export, "parquet")
     ledger.set_meta(EXPORTED, head)
@@ -231,7 +230,7 @@ def sync(
     with store_lock(config.ledger, wait=wait):
         ledger = Ledger(config.ledger)
         run_id = ledger.start_run()
-        store = Store(config.repo, (source.container(),))
+        store = Store(config.repo, (source.container(),), source)
         try:
             t0 = time.perf_counter()
             healed = reconcile(store, ledger)

@@ -10,8 +10,8 @@
 - :func:`no_external_network` -- fail fast on any Python-level connection/DNS lookup off loopback
 
 Each server is a context manager (``with Server(...) as srv:``) and also has ``start()``/``stop()``.
-Import as ``from tests.servers import ...`` with the repository root on ``sys.path`` (pytest
-``pythonpath = ["."]``, or ``python -m pytest`` run from the repository root).
+Import as ``from tests.servers import ...``: ``tests/`` is a package (``tests/__init__.py``), so
+pytest's default ``prepend`` import mode puts the repository root on ``sys.path``.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -104,8 +105,16 @@ class QuietHandler(BaseHTTPRequestHandler):
         if not head_only and body:
             self.wfile.write(body)
 
-    def apply_faults(self, *, head_only: bool = False) -> int | None:
-        """Apply injected delay/failure; return the status sent if the request was answered."""
+    def apply_faults(
+        self,
+        *,
+        head_only: bool = False,
+        before_send: Callable[[int], object] | None = None,
+    ) -> int | None:
+        """Apply injected delay/failure; return the status sent if the request was answered.
+
+        ``before_send(status)`` runs before the failure response is written (for counters).
+        """
         srv: LoopbackHTTPServer = self.owner
         delay = srv._take_fault(srv._delays)
         if delay is not None:
@@ -113,6 +122,8 @@ class QuietHandler(BaseHTTPRequestHandler):
         failure = srv._take_fault(srv._failures)
         if failure is None:
             return None
+        if before_send is not None:
+            before_send(failure.status)
         body = f"injected failure {failure.status}\n".encode()
         self.send_body(failure.status, body, headers={"Retry-After": "0"}, head_only=head_only)
         return failure.status

@@ -707,6 +707,7 @@ class GranuleCatalog:
                 continue
             if key == "sort_key":
                 for v in values:
+                    v = v.strip()  # an unescaped "+" arrives as a space
                     desc = v.startswith("-")
                     name = v.lstrip("+-")
                     if name not in _SORT_FIELDS:
@@ -913,9 +914,8 @@ class _CmrHandler(QuietHandler):
         def log(status: int) -> None:
             srv._log(CmrRequest(self.command, split.path, params, search_after, status))
 
-        injected = self.apply_faults()
-        if injected is not None:
-            log(injected)
+        # The log is written before the response goes out, so a client never outruns it.
+        if self.apply_faults(before_send=log) is not None:
             return
 
         route = split.path.removeprefix(srv.path_prefix)
@@ -924,8 +924,8 @@ class _CmrHandler(QuietHandler):
         if concept is None or not (fmt == "umm_json" or fmt.startswith("umm_json_v")):
             status = 404 if concept is None else 400
             msg = f"The mime type [{fmt}] is not supported by the replay server (use umm_json)"
-            self._errors(status, [msg if concept else f"no route for {split.path}"])
             log(status)
+            self._errors(status, [msg if concept else f"no route for {split.path}"])
             return
         try:
             query = dict(params)
@@ -937,8 +937,8 @@ class _CmrHandler(QuietHandler):
                 concept, query, page_size=size, page_num=num, search_after=search_after
             )
         except CatalogError as exc:
-            self._errors(400, [str(exc)])
             log(400)
+            self._errors(400, [str(exc)])
             return
         hits = result.hits if srv.hits_override is None else srv.hits_override
         took = int((time.monotonic() - started) * 1000)
@@ -951,8 +951,8 @@ class _CmrHandler(QuietHandler):
         if result.search_after is not None:
             headers["CMR-Search-After"] = result.search_after
         content_type = _GRANULE_CONTENT_TYPE if concept == "granule" else _COLLECTION_CONTENT_TYPE
-        self.send_body(200, payload, content_type, headers)
         log(200)
+        self.send_body(200, payload, content_type, headers)
 
     def _errors(self, status: int, errors: list[str]) -> None:
         body = json.dumps({"errors": errors}).encode()

@@ -109,9 +109,9 @@ class _RangeHandler(QuietHandler):
         is_range = self.headers.get("Range") is not None
         srv._count(rel, method=self.command, is_range=is_range)
 
-        injected = self.apply_faults(head_only=head_only)
-        if injected is not None:
-            srv._count_status(rel, injected)
+        # Counters are updated *before* bytes go out, so a client that got its response
+        # always sees them (no race with the handler thread).
+        if self.apply_faults(head_only=head_only, before_send=lambda s: srv._count_status(rel, s)):
             return
 
         token = srv.bearer_token
@@ -174,31 +174,30 @@ class _RangeHandler(QuietHandler):
         ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         if isinstance(rng, tuple):
             start, end = rng
+            srv._count_status(rel, 206, served=rng)
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
-            status = 206
         else:
             start, end = 0, size
+            srv._count_status(rel, 200)
             self.send_response(200)
-            status = 200
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(end - start))
         for name, value in common.items():
             self.send_header(name, value)
         self.end_headers()
-        sent = 0
-        if not head_only:
-            with path.open("rb") as fh:
-                fh.seek(start)
-                remaining = end - start
-                while remaining > 0:
-                    chunk = fh.read(min(_CHUNK, remaining))
-                    if not chunk:
-                        break
-                    self.wfile.write(chunk)
-                    sent += len(chunk)
-                    remaining -= len(chunk)
-        srv._count_status(rel, status, sent=sent, served=(start, end) if status == 206 else None)
+        if head_only:
+            return
+        with path.open("rb") as fh:
+            fh.seek(start)
+            remaining = end - start
+            while remaining > 0:
+                chunk = fh.read(min(_CHUNK, remaining))
+                if not chunk:
+                    break
+                srv._count_bytes(rel, len(chunk))
+                self.wfile.write(chunk)
+                remaining -= len(chunk)
 
 
 def _etags(header: str) -> set[str]:
@@ -251,14 +250,17 @@ class RangeHTTPServer(LoopbackHTTPServer):
             st.range_requests += is_range
 
     def _count_status(
-        self, rel: str, status: int, *, sent: int = 0, served: tuple[int, int] | None = None
+        self, rel: str, status: int, *, served: tuple[int, int] | None = None
     ) -> None:
         with self._lock:
             st = self._stats.setdefault(rel, PathStats())
             st.statuses[status] += 1
-            st.bytes_sent += sent
             if served is not None:
                 st.ranges.append(served)
+
+    def _count_bytes(self, rel: str, n: int) -> None:
+        with self._lock:
+            self._stats.setdefault(rel, PathStats()).bytes_sent += n
 
     def stats(self, relpath: str) -> PathStats:
         """Snapshot of the counters of one path (relative to root, no leading slash)."""

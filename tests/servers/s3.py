@@ -13,10 +13,13 @@ Options that were needed against the loopback endpoint (verified in ``tests/test
   ``http://`` endpoint; with an explicit ``endpoint`` obstore uses path-style requests already
   (``virtual_hosted_style_request`` defaults to False). See :meth:`MotoS3Server.obstore_store`.
 - icechunk: ``icechunk.s3_storage(bucket=..., prefix=..., endpoint_url=..., allow_http=True,
-  access_key_id=..., secret_access_key=..., region=..., force_path_style=True)``.
-  ``force_path_style=True`` is required (otherwise the SDK addresses ``<bucket>.127.0.0.1``), and
-  so is ``allow_http=True``. See :meth:`MotoS3Server.icechunk_storage`.
-- Nothing reads ``AWS_*`` environment variables or IMDS as long as keys are passed explicitly.
+  access_key_id=..., secret_access_key=..., region=..., force_path_style=True)``. Measured with
+  icechunk 2.3: against the ``127.0.0.1`` IP endpoint the AWS SDK already falls back to path style
+  and the storage worked even without ``allow_http``; but with a host-name endpoint
+  (``http://localhost:<port>``) and no ``force_path_style`` it tried to resolve
+  ``<bucket>.localhost`` and failed. Set both, always. See :meth:`MotoS3Server.icechunk_storage`.
+- With the keys passed explicitly no client looked for other credentials: an ``strace`` of
+  ``tests/test_servers.py`` showed TCP connects to 127.0.0.1 only (no IMDS, no DNS).
 
 Caveats:
 
