@@ -16,7 +16,7 @@ def test_migrations_recorded_once(tmp_path: Path) -> None:
     path = tmp_path / "l.db"
     Ledger(path).close()
     ledger = Ledger(path)
-    assert ledger.migrations == ["001_initial"]
+    assert ledger.migrations == ["001_initial", "002_placement"]
     names = {r[0] for r in sqlite3.connect(path).execute("select name from sqlite_master")}
     assert {"granules", "history", "runs", "meta", "migrations"} <= names
 

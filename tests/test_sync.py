@@ -144,23 +144,31 @@ def test_bad_granule_is_quarantined_and_rest_lands(
     assert again.up_to_date and again.quarantined == ()
 
 
-def test_late_and_duplicate_granules_never_corrupt(
+def test_late_granule_lands_in_place_and_duplicate_is_quarantined(
     make_config, arrive, ccmp_archive, incoming
 ) -> None:
     config = make_config()
     files = ccmp_archive(4)
     arrive(files[0], files[2], files[3])
-    refstore.sync(config)
+    first = refstore.sync(config).snapshots[0]
     before = refstore.open_dataset(config).load()
     arrive(files[1])  # a late day
     dup = incoming / "copy_of_last.nc"
     dup.write_bytes(files[3].read_bytes())  # the same time steps under another name
     result = refstore.sync(config)
-    reasons = {f.key: f.reason for f in result.quarantined}
-    assert "before the store's end" in reasons[files[1].name]
-    assert "duplicate" in reasons["copy_of_last.nc"]
+    assert result.added == (files[1].name,)
+    (failure,) = result.quarantined
+    assert failure.key == "copy_of_last.nc" and "duplicate" in failure.reason
+    assert files[3].name in failure.reason
     after = refstore.open_dataset(config).load()
-    assert_same_values(after, before)
+    assert_same_values(after, direct_read(files))  # the gap is filled at its sorted place
+    # the earlier snapshot still serves the store as it was, gap included
+    assert_same_values(refstore.open_dataset(config, at=first).load(), before)
+    commits = open_store(config).commits()
+    assert commits[-1].granules == tuple(f.name for f in files[1:])  # rewritten tail
+    # the ledger knows where every granule sits now
+    placed = {p.key: p.offset for p in Ledger(config.ledger).placements()}
+    assert placed == {f.name: 4 * i for i, f in enumerate(files)}
 
 
 def test_grid_and_packing_drift_quarantined(make_config, arrive, ccmp_archive) -> None:
@@ -200,18 +208,26 @@ def test_crash_after_commit_heals_on_next_run(make_config, arrive, ccmp_archive)
     assert refstore.open_dataset(config).sizes["time"] == 8
 
 
-def test_revised_committed_granule_is_reported_not_reappended(
-    make_config, arrive, ccmp_archive
-) -> None:
-    import os
+def test_revised_granule_is_replaced_in_place(make_config, arrive, ccmp_archive,
+                                              incoming) -> None:
+    from datetime import datetime
 
     config = make_config()
-    files = ccmp_archive(2)
-    copies = arrive(*files)
-    refstore.sync(config)
-    st = copies[1].stat()
-    os.utime(copies[1], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    files = ccmp_archive(3)
+    arrive(*files)
+    first = refstore.sync(config).snapshots[0]
+    before = refstore.open_dataset(config).load()
+    # the DAAC reprocesses day 2: same name, new values
+    (revised,) = ccmp_archive(1, datetime(2024, 1, 2), seed=7)
+    (incoming / files[1].name).write_bytes(revised.read_bytes())
     result = refstore.sync(config)
-    assert [f.key for f in result.quarantined] == [files[1].name]
-    assert "revised upstream" in result.quarantined[0].reason
-    assert refstore.open_dataset(config).sizes["time"] == 8
+    assert result.added == (files[1].name,) and result.quarantined == ()
+    after = refstore.open_dataset(config).load()
+    assert_same_values(after, direct_read([files[0], revised, files[2]]))
+    assert not np.array_equal(after.uwnd.values[4:8], before.uwnd.values[4:8])
+    # history: both revisions in the ledger; the old snapshot keeps the old references
+    statuses = [(h["status"], h["revision"]) for h in Ledger(config.ledger).history(files[1].name)]
+    assert [s for s, _ in statuses] == ["committed", "new", "committed"]
+    assert statuses[0][1] != statuses[2][1]
+    old = refstore.open_dataset(config, at=first)
+    assert old.sizes["time"] == 12

@@ -9,13 +9,14 @@ values. The store is never touched for a rejected granule.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import json
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from refstore.models import Failure
+from refstore.models import Failure, Placement
 from refstore.schema import compare_signatures
 from refstore.virtualize import VirtualGranule, format_value
 
@@ -77,11 +78,19 @@ def from_json_value(value: Mapping[str, Any] | None) -> Any:
 
 @dataclass(frozen=True)
 class Admission:
-    """The outcome of :func:`admit`."""
+    """The outcome of :func:`admit`.
+
+    ``accepted`` are the batch's granules that land. With ``rewrite_from`` None they
+    are appended in order; otherwise the store is rewritten from that index along the
+    concat dim with ``sequence`` (new granules and the already committed ones after the
+    first change, in order; the latter are :class:`Placement`s to re-read).
+    """
 
     accepted: tuple[VirtualGranule, ...]
     rejected: tuple[Failure, ...]
     signature: dict[str, dict[str, Any]]
+    rewrite_from: int | None = None
+    sequence: tuple[VirtualGranule | Placement, ...] = ()
 
 
 def _chunk_problem(vg: VirtualGranule) -> str | None:
@@ -95,21 +104,67 @@ def _chunk_problem(vg: VirtualGranule) -> str | None:
     return None
 
 
+def _order(value: Any) -> Any:
+    """A concat value as a plain comparable number (datetimes as int nanoseconds)."""
+    if isinstance(value, np.datetime64):
+        return int(value.astype("datetime64[ns]").astype(np.int64))
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def _sort_key(vg: VirtualGranule) -> tuple[int, Any, str]:
-    first = vg.first
-    if isinstance(first, np.datetime64):
-        first = first.astype("datetime64[ns]").astype(np.int64)
+    first = _order(vg.first)
     return (first is None, first if first is not None else 0, vg.granule.key)
 
 
-def _as_keys(values: Any) -> set[Any]:
-    """Concat values as hashable, exactly comparable keys (datetimes as int ns)."""
-    if values is None:
-        return set()
-    arr = np.asarray(values)
-    if np.issubdtype(arr.dtype, np.datetime64):
-        arr = arr.astype("datetime64[ns]").astype(np.int64)
-    return set(arr.ravel().tolist())
+def _placed_value(text: str | None) -> Any:
+    return from_json_value(json.loads(text)) if text else None
+
+
+@dataclass
+class _Slot:
+    """One granule on the timeline being built: committed (Placement) or new."""
+
+    first: Any
+    last: Any
+    length: int
+    item: VirtualGranule | Placement
+
+    @property
+    def key(self) -> str:
+        return self.item.granule.key if isinstance(self.item, VirtualGranule) else self.item.key
+
+    def shown(self, which: str) -> str | None:
+        if isinstance(self.item, VirtualGranule):
+            return format_value(self.item.first if which == "first" else self.item.last)
+        return format_value(_placed_value(self.item.first if which == "first" else self.item.last))
+
+
+def _placed_slot(p: Placement) -> _Slot:
+    first, last = _placed_value(p.first), _placed_value(p.last)
+    return _Slot(_order(first), _order(last), p.length, p)
+
+
+def _insert(timeline: list[_Slot], slot: _Slot) -> str | None:
+    """Insert ``slot`` at its sorted place, or say why it cannot go there."""
+    pos = 0
+    while pos < len(timeline) and timeline[pos].first < slot.first:
+        pos += 1
+    for neighbour in timeline[max(0, pos - 1) : pos + 1]:
+        if slot.last < neighbour.first or slot.first > neighbour.last:
+            continue
+        if slot.first == neighbour.first:
+            return (
+                f"duplicate: its steps from {slot.shown('first')} are already in the store "
+                f"(granule {neighbour.key})"
+            )
+        return (
+            f"overlaps granule {neighbour.key} "
+            f"({neighbour.shown('first')} .. {neighbour.shown('last')})"
+        )
+    timeline.insert(pos, slot)
+    return None
 
 
 def admit(
@@ -117,7 +172,9 @@ def admit(
     *,
     store_signature: Mapping[str, dict[str, Any]] | None,
     store_last: Any,
-    store_values: Callable[[Any, Any], Sequence[Any]] | None = None,
+    store_length: int = 0,
+    replaced: Collection[str] = (),
+    placements: Callable[[], Sequence[Placement]] | None = None,
 ) -> Admission:
     """Order a batch along the concat dim and decide, granule by granule, what lands.
 
@@ -130,48 +187,88 @@ def admit(
         granule admitted sets it).
     store_last
         The store's last concat-dim value (None for a new store).
-    store_values
-        ``store_values(lo, hi)`` returns the store's concat values in ``[lo, hi]``; asked
-        only for a granule that does not come after the store's end, to tell a
-        duplicate from a late granule.
+    store_length
+        The store's length along the concat dim.
+    replaced
+        Keys of committed granules whose source was revised (to replace in place).
+    placements
+        Returns the committed granules in order; asked only when a granule must go
+        before the store's end (late, out of order, or revised).
     """
-    accepted: list[VirtualGranule] = []
     rejected: list[Failure] = []
     reference = dict(store_signature) if store_signature else None
-    last = store_last
-    batch_values: set[Any] = set()
+    good: list[VirtualGranule] = []
     for vg in sorted(granules, key=_sort_key):
-        key = vg.granule.key
         problem = _chunk_problem(vg)
         if problem is None and reference is not None:
             diffs = compare_signatures(reference, vg.signature)
             if diffs:
                 problem = "; ".join(diffs)
-        if problem is None and vg.first is not None and last is not None and vg.first <= last:
-            known = batch_values.copy()
-            if store_values is not None:
-                known |= _as_keys(store_values(vg.first, vg.last))
-            dup = _as_keys(vg.values) & known
-            if dup:
-                problem = (
-                    f"duplicate: {len(dup)} of its step(s) from {format_value(vg.first)} "
-                    "are already in the store"
-                )
-            else:
-                problem = (
-                    f"starts at {format_value(vg.first)}, before the store's end "
-                    f"{format_value(last)} (a late or out-of-order granule)"
-                )
         if problem is not None:
-            rejected.append(Failure(key=key, reason=f"{key}: {problem}"))
+            rejected.append(Failure(key=vg.granule.key, reason=f"{vg.granule.key}: {problem}"))
             continue
         if reference is None:
             reference = dict(vg.signature)
-        accepted.append(vg)
-        batch_values |= _as_keys(vg.values)
-        if vg.last is not None:
-            last = vg.last
-    return Admission(accepted=tuple(accepted), rejected=tuple(rejected), signature=reference or {})
+        good.append(vg)
+
+    appends: list[VirtualGranule] = []
+    placed: list[VirtualGranule] = []  # late, out-of-order or revised
+    last = _order(store_last)
+    for vg in good:
+        first = _order(vg.first)
+        if vg.granule.key in replaced:
+            placed.append(vg)
+        elif first is None or last is None or first > last:
+            appends.append(vg)
+            last = _order(vg.last) if vg.last is not None else last
+        else:
+            placed.append(vg)
+    if not placed:
+        return Admission(tuple(appends), tuple(rejected), reference or {})
+
+    existing = list(placements()) if placements is not None else []
+    if sum(p.length for p in existing) != store_length or any(not p.first for p in existing):
+        rejected += [
+            Failure(
+                vg.granule.key,
+                f"{vg.granule.key}: starts at {format_value(vg.first)}, before the store's end "
+                f"{format_value(store_last)}, and the ledger lacks the positions needed to put "
+                "it in place",
+            )
+            for vg in placed
+        ]
+        return Admission(tuple(appends), tuple(rejected), reference or {})
+
+    # Only revisions that were re-read in this batch leave their old place; one that
+    # failed to virtualize keeps its old references.
+    replacing = {vg.granule.key for vg in placed} & set(replaced)
+    timeline = [_placed_slot(p) for p in existing if p.key not in replacing]
+    keep_old = {p.key: _placed_slot(p) for p in existing if p.key in replacing}
+    accepted: list[VirtualGranule] = []
+    for vg in sorted(placed + appends, key=_sort_key):
+        problem = _insert(timeline, _Slot(_order(vg.first), _order(vg.last), vg.length, vg))
+        if problem is None:
+            accepted.append(vg)
+            keep_old.pop(vg.granule.key, None)
+            continue
+        key = vg.granule.key
+        rejected.append(Failure(key, f"{key}: {problem}"))
+        if key in keep_old:  # a revision that does not fit keeps the old references
+            _insert(timeline, keep_old.pop(key))
+    # The unchanged prefix stays; everything from the first change on is rewritten.
+    offset = 0
+    for index, slot in enumerate(timeline):
+        item = slot.item
+        if isinstance(item, VirtualGranule) or item.offset != offset:
+            return Admission(
+                tuple(accepted),
+                tuple(rejected),
+                reference or {},
+                rewrite_from=offset,
+                sequence=tuple(s.item for s in timeline[index:]),
+            )
+        offset += slot.length
+    return Admission((), tuple(rejected), reference or {})
 
 
 def stable_attrs(attrs: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], tuple[str, ...]]:

@@ -112,6 +112,8 @@ def _write_json(refs: dict[str, Any], path: Path) -> None:
 def _write_parquet(refs: dict[str, Any], path: Path) -> None:
     from kerchunk.df import refs_to_dataframe
 
+    from refstore.faults import checkpoint
+
     if path.exists() and not path.is_symlink():
         # An export from elsewhere (or an older refstore) sits there as a real folder:
         # move it aside once so it can be swapped atomically from now on.
@@ -126,6 +128,7 @@ def _write_parquet(refs: dict[str, Any], path: Path) -> None:
     shutil.rmtree(target)  # refs_to_dataframe creates the folder itself
     try:
         refs_to_dataframe(refs, str(target))
+        checkpoint("during-export")
         link = path.with_name(f".{path.name}.link-{os.getpid()}")
         link.unlink(missing_ok=True)
         link.symlink_to(target.name)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from refstore.errors import StoreError
-from refstore.models import CommitInfo, Failure, Granule, LedgerRow, Status
+from refstore.models import CommitInfo, Failure, Granule, LedgerRow, Placement, Status
 
 __all__ = ["Ledger"]
 
@@ -87,8 +87,26 @@ def _m001_initial(db: Any) -> None:
     db.table("meta").create({"key": str, "value": str}, pk="key")
 
 
+def _m002_placement(db: Any) -> None:
+    # Where each committed granule sits along the concat dim, so late and revised
+    # granules can be put in place; and when a committed source disappeared.
+    table = db.table("granules")
+    for column, kind in (
+        ("offset", int),
+        ("length", int),
+        ("first_value", str),
+        ("last_value", str),
+        ("missing_since", str),
+    ):
+        table.add_column(column, kind)
+    table.create_index(["offset"])
+
+
 # Numbered migrations, applied in order and recorded in the `migrations` table.
-MIGRATIONS: tuple[tuple[str, Callable[[Any], None]], ...] = (("001_initial", _m001_initial),)
+MIGRATIONS: tuple[tuple[str, Callable[[Any], None]], ...] = (
+    ("001_initial", _m001_initial),
+    ("002_placement", _m002_placement),
+)
 
 
 class Ledger:
@@ -313,7 +331,7 @@ class Ledger:
         return rows
 
     def apply_commits(self, commits: Iterable[CommitInfo]) -> int:
-        """Mark every granule named in ``commits`` committed (oldest commit first).
+        """Mark every granule placed by ``commits`` committed (oldest commit first).
 
         This is how a crash between an Icechunk commit and the ledger update heals:
         the commit metadata is the source of truth. Returns the rows changed.
@@ -322,40 +340,91 @@ class Ledger:
         now = _now()
         with self._tx():
             for c in commits:
-                revisions = c.revisions or ("",) * len(c.granules)
-                for key, revision in zip(c.granules, revisions, strict=True):
+                placements = c.placements or tuple(
+                    Placement(key, rev, "", -1, 0)
+                    for key, rev in zip(
+                        c.granules, c.revisions or ("",) * len(c.granules), strict=True
+                    )
+                )
+                for p in placements:
                     row = self.db.execute(
-                        "select status, snapshot, revision from granules where key = ?", [key]
+                        "select status, snapshot, revision from granules where key = ?", [p.key]
                     ).fetchone()
                     if row is not None and row[0] == Status.COMMITTED and row[1] == c.snapshot:
                         continue
+                    where: dict[str, Any] = {
+                        "status": str(Status.COMMITTED),
+                        "snapshot": c.snapshot,
+                        "updated_at": now,
+                    }
+                    if p.offset >= 0:
+                        where |= {
+                            "offset": p.offset,
+                            "length": p.length,
+                            "first_value": p.first,
+                            "last_value": p.last,
+                        }
                     if row is None:
                         # The ledger was lost or is older than the repo: rebuild the row.
                         self.db.table("granules").insert(
                             {
-                                "key": key,
-                                "url": "",
-                                "revision": revision,
-                                "status": str(Status.COMMITTED),
-                                "snapshot": c.snapshot,
+                                "key": p.key,
+                                "url": p.url,
+                                "revision": p.revision,
                                 "attempts": 1,
                                 "first_seen": now,
-                                "updated_at": now,
                                 "run_id": c.run_id,
+                                **where,
                             }
                         )
-                    elif revision and row[2] != revision:
+                    elif p.revision and row[2] != p.revision:
                         # A newer revision was seen after this commit; keep it queued.
                         continue
                     else:
-                        self.db.execute(
-                            "update granules set status = ?, snapshot = ?, reason = null,"
-                            " updated_at = ? where key = ?",
-                            [str(Status.COMMITTED), c.snapshot, now, key],
-                        )
-                    self._log(key, revision, Status.COMMITTED, c.snapshot, c.message, c.run_id)
+                        self.db.table("granules").update(p.key, {**where, "reason": None})
+                    self._log(p.key, p.revision, Status.COMMITTED, c.snapshot, c.message, c.run_id)
                     changed += 1
         return changed
+
+    def placements(self) -> list[Placement]:
+        """Granules in the store, in concat order, for placing late/revised ones.
+
+        A revised granule waiting for its replacement keeps its old place (and row).
+        """
+        sql = (
+            "select key, revision, url, offset, length, first_value, last_value from granules"
+            " where offset is not null order by offset"
+        )
+        return [
+            Placement(key, rev, url, offset, length, first, last)
+            for key, rev, url, offset, length, first, last in self.db.execute(sql).fetchall()
+        ]
+
+    def mark_missing(self, keys: Iterable[str]) -> None:
+        """Record when committed granules were first found gone from the source."""
+        wanted = set(keys)
+        with self._tx():
+            for (key,) in self.db.execute(
+                "select key from granules where missing_since is not null"
+            ).fetchall():
+                if key not in wanted:  # it came back
+                    self.db.execute("update granules set missing_since = null where key = ?", [key])
+            for key in wanted:
+                self.db.execute(
+                    "update granules set missing_since = coalesce(missing_since, ?)"
+                    " where key = ?",
+                    [_now(), key],
+                )
+
+    def missing(self) -> list[tuple[str, str]]:
+        """Committed granules whose source disappeared, with since when."""
+        return [
+            (k, s)
+            for k, s in self.db.execute(
+                "select key, missing_since from granules where missing_since is not null"
+                " order by key"
+            ).fetchall()
+        ]
 
     def _log(
         self,

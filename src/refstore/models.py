@@ -73,6 +73,23 @@ class Failure:
 
 
 @dataclass(frozen=True, slots=True)
+class Placement:
+    """Where one committed granule sits along the concat dim.
+
+    ``first``/``last`` are JSON texts of the concat values (see
+    :func:`refstore.admit.to_json_value`), exactly comparable after decoding.
+    """
+
+    key: str
+    revision: str
+    url: str
+    offset: int
+    length: int
+    first: str | None = None
+    last: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CommitInfo:
     """One snapshot written by refstore, as read back from the repository history."""
 
@@ -84,6 +101,7 @@ class CommitInfo:
     start: str | None = None
     end: str | None = None
     run_id: str | None = None
+    placements: tuple[Placement, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

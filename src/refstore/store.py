@@ -145,10 +145,17 @@ class Store:
         return self._repo
 
     def create(self, concat_dim: str, coord_chunk: int) -> None:
-        """Create the repository with its container and manifest splitting."""
+        """Create the repository with its container and manifest splitting.
+
+        A repository left empty by a crash before its first commit is reused.
+        """
         import icechunk
 
         from refstore.storage import container_store_config
+
+        if self.exists():
+            _ = self.repo
+            return
 
         config = icechunk.RepositoryConfig.default()
         for c in self.containers:
@@ -319,24 +326,24 @@ class Store:
         session = self.repo.readonly_session(snapshot_id=snapshot)
         return dict(zarr.open_group(session.store, mode="r", zarr_format=3).attrs)
 
-    def concat_values(self, concat_dim: str, lo: Any, hi: Any) -> Any:
-        """The head's concat-coordinate values in ``[lo, hi]`` (decoded)."""
-        ds = self.open_dataset(None)
-        if concat_dim not in ds.variables:
-            return []
-        values = ds[concat_dim].values
-        return values[(values >= lo) & (values <= hi)]
-
     # -- writing ----------------------------------------------------------------------
     def write(
         self,
         ds: Any,
         *,
-        append_dim: str | None,
+        concat_dim: str,
+        mode: str,
         message: str,
         metadata: dict[str, Any],
+        region_start: int = 0,
+        new_length: int = 0,
     ) -> str:
-        """Write ``ds`` (create, or append along ``append_dim``) and commit once.
+        """Write ``ds`` and commit once; returns the new snapshot id.
+
+        ``mode`` is ``"create"`` (first write), ``"append"`` (along ``concat_dim``) or
+        ``"rewrite"``: resize every array with ``concat_dim`` to ``new_length`` and write
+        ``ds`` over ``[region_start, new_length)`` — how late and revised granules are
+        put in place (only the references from ``region_start`` on are rewritten).
 
         Raises
         ------
@@ -348,36 +355,72 @@ class Store:
         import icechunk
         import zarr
 
+        from refstore.faults import checkpoint
+
         session = self.repo.writable_session(BRANCH)
         try:
             # Loaded arrays keep chunks equal to the fill value too, so the kerchunk
             # export (zarr v2, where fill_value doubles as _FillValue) sees real values.
             with zarr.config.set({"array.write_empty_chunks": True}):
-                if append_dim is None:
+                if mode == "create":
                     ds.vz.to_icechunk(session.store)
+                elif mode == "append":
+                    ds.vz.to_icechunk(session.store, append_dim=concat_dim)
                 else:
-                    ds.vz.to_icechunk(session.store, append_dim=append_dim)
+                    _rewrite(session.store, ds, concat_dim, region_start, new_length)
         except Exception as e:
             raise StoreError(f"Writing to the repository failed: {e}") from e
+        checkpoint("mid-write")
         try:
-            return str(session.commit(message, metadata={METADATA_KEY: metadata}, rebase_with=None))
+            return str(
+                session.commit(message, metadata={METADATA_KEY: metadata}, rebase_with=None)
+            )
         except icechunk.ConflictError as e:
             raise ConflictError(
                 f"Another writer committed to {self.url} during this sync: {e}"
             ) from e
 
 
+def _rewrite(store: Any, ds: Any, concat_dim: str, start: int, new_length: int) -> None:
+    """Resize along ``concat_dim`` and write ``ds`` over ``[start, new_length)``.
+
+    Loaded variables (the concat coordinate) are encoded with the stored units and
+    written directly: xarray's region write would first decode the resized array,
+    whose new cells still hold the fill value. Virtual variables then get their
+    references rewritten from ``start`` on by VirtualiZarr.
+    """
+    import numpy as np
+    import zarr
+    from virtualizarr.manifests import ManifestArray
+    from xarray.coding.times import encode_cf_datetime
+
+    group = zarr.open_group(store, mode="r+", zarr_format=3)
+    for _, array in group.arrays():
+        dims = getattr(array.metadata, "dimension_names", None) or ()
+        if concat_dim in dims:
+            shape = list(array.shape)
+            shape[dims.index(concat_dim)] = new_length
+            array.resize(tuple(shape))
+    loaded = [n for n, v in ds.variables.items() if not isinstance(v.data, ManifestArray)]
+    for name in loaded:
+        var, array = ds.variables[name], group[str(name)]
+        if var.dims != (concat_dim,) or not isinstance(array, zarr.Array):
+            raise StoreError(f"Cannot place loaded variable {name!r} with dims {var.dims}.")
+        values = np.asarray(var.values)
+        if np.issubdtype(values.dtype, np.datetime64):
+            attrs = array.attrs
+            values, _, _ = encode_cf_datetime(
+                values, attrs.get("units"), attrs.get("calendar"), dtype=array.dtype
+            )
+        array[start:new_length] = np.asarray(values).astype(array.dtype)
+    region = {concat_dim: slice(start, new_length)}
+    ds.drop_vars(loaded).vz.to_icechunk(store, region=region)
+
+
 def _commit_info(info: Any) -> CommitInfo | None:
+    from refstore.batch import commit_info
+
     meta = (info.metadata or {}).get(METADATA_KEY)
     if not meta:
         return None
-    return CommitInfo(
-        snapshot=info.id,
-        message=info.message,
-        written_at=info.written_at.isoformat(),
-        granules=tuple(meta.get("granules", ())),
-        revisions=tuple(meta.get("revisions", ())),
-        start=meta.get("start"),
-        end=meta.get("end"),
-        run_id=meta.get("run_id"),
-    )
+    return commit_info(info.id, info.message, info.written_at.isoformat(), meta)

@@ -1,0 +1,198 @@
+"""What one commit writes: the combined dataset and the commit metadata (no I/O).
+
+The metadata is the source of truth the ledger is reconciled against: for every
+granule whose references this commit wrote, its key, revision, url, offset and length
+along the concat dim and its first/last concat values; plus the store's range, its
+drift signature and the attributes dropped as per-granule.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from refstore.admit import to_json_value
+from refstore.models import CommitInfo, Placement
+from refstore.virtualize import VirtualGranule, format_value
+
+__all__ = [
+    "DEFAULT_COORD_CHUNK",
+    "choose_coord_chunk",
+    "combine",
+    "commit_info",
+    "commit_metadata",
+    "coverage",
+    "placements",
+    "prepare_encoding",
+]
+
+DEFAULT_COORD_CHUNK = 1024
+METADATA_VERSION = 2
+
+
+def choose_coord_chunk(configured: int | None, granules: Sequence[VirtualGranule]) -> int:
+    """About a year of steps for the loaded concat coordinate (and manifest splits).
+
+    A large chunk keeps opening a decades-long store to a few chunk reads (the files'
+    own chunk is often 1 step, or 1,048,576). Inferred from the median step when the
+    coordinate is a datetime; ``DEFAULT_COORD_CHUNK`` otherwise.
+    """
+    if configured:
+        return configured
+    values = [v for vg in granules if vg.values is not None for v in np.atleast_1d(vg.values)]
+    if len(values) >= 2 and isinstance(values[0], np.datetime64):
+        steps = np.diff(np.array(values, dtype="datetime64[ns]")).astype(np.int64)
+        positive = steps[steps > 0]
+        if positive.size:
+            per_year = round(365.25 * 86400e9 / float(np.median(positive)))
+            return max(16, min(per_year, 100_000))
+    return DEFAULT_COORD_CHUNK
+
+
+def combine(granules: Sequence[VirtualGranule], concat_dim: str, *, drop_static: bool) -> Any:
+    """Concatenate virtual datasets along ``concat_dim``.
+
+    ``drop_static`` leaves out variables without the concat dim: they were checked
+    equal to the store's and rewriting them on append would silently overwrite lat/lon
+    for all past data.
+    """
+    import xarray as xr
+
+    datasets = [vg.dataset for vg in granules]
+    ds = (
+        datasets[0]
+        if len(datasets) == 1
+        else xr.concat(
+            datasets,
+            dim=concat_dim,
+            data_vars="minimal",
+            coords="minimal",
+            compat="override",
+            join="override",
+            combine_attrs="override",
+        )
+    )
+    if drop_static:
+        ds = ds.drop_vars([n for n, v in ds.variables.items() if concat_dim not in v.dims])
+    return ds
+
+
+def prepare_encoding(ds: Any, concat_dim: str, coord_chunk: int | None) -> None:
+    """Drop the files' chunk hints; give the concat coordinate ``coord_chunk``."""
+    for name, var in ds.variables.items():
+        for key in ("preferred_chunks", "chunksizes"):
+            var.encoding.pop(key, None)
+        if name == concat_dim:
+            if coord_chunk is None:
+                var.encoding.pop("chunks", None)
+            else:
+                var.encoding["chunks"] = (coord_chunk,)
+
+
+def coverage(first: Any, last: Any) -> dict[str, str]:
+    """ACDD ``time_coverage_start``/``end`` for a datetime concat coordinate."""
+    if isinstance(first, np.datetime64) and isinstance(last, np.datetime64):
+        return {
+            "time_coverage_start": f"{format_value(first)}Z",
+            "time_coverage_end": f"{format_value(last)}Z",
+        }
+    return {}
+
+
+def placements(granules: Sequence[VirtualGranule], offset: int) -> list[Placement]:
+    """Where ``granules`` sit when written in order from ``offset``."""
+    out = []
+    for vg in granules:
+        out.append(
+            Placement(
+                key=vg.granule.key,
+                revision=vg.granule.revision,
+                url=vg.granule.url,
+                offset=offset,
+                length=vg.length,
+                first=json.dumps(to_json_value(vg.first)) if vg.first is not None else None,
+                last=json.dumps(to_json_value(vg.last)) if vg.last is not None else None,
+            )
+        )
+        offset += vg.length
+    return out
+
+
+def commit_metadata(
+    *,
+    run_id: str,
+    placed: Sequence[Placement],
+    added: Sequence[str],
+    replaced: Sequence[str],
+    rewrite_from: int | None,
+    store_first: Any,
+    store_last: Any,
+    store_length: int,
+    signature: dict[str, Any],
+    attrs_dropped: Sequence[str],
+) -> dict[str, Any]:
+    """The JSON metadata of a refstore commit (see the module docstring)."""
+    return {
+        "version": METADATA_VERSION,
+        "run_id": run_id,
+        "granules": [p.key for p in placed],
+        "revisions": [p.revision for p in placed],
+        "urls": [p.url for p in placed],
+        "offsets": [p.offset for p in placed],
+        "lengths": [p.length for p in placed],
+        "firsts": [p.first for p in placed],
+        "lasts": [p.last for p in placed],
+        "start": format_value(_decode(placed[0].first)) if placed else None,
+        "end": format_value(_decode(placed[-1].last)) if placed else None,
+        "added": list(added),
+        "replaced": list(replaced),
+        "rewrite_from": rewrite_from,
+        "store_first": to_json_value(store_first),
+        "store_last": to_json_value(store_last),
+        "store_length": store_length,
+        "signature": signature,
+        "attrs_dropped": list(attrs_dropped),
+    }
+
+
+def commit_info(snapshot: str, message: str, written_at: str, meta: dict[str, Any]) -> CommitInfo:
+    """Read a commit's metadata back (any version refstore wrote)."""
+    keys = tuple(meta.get("granules", ()))
+    n = len(keys)
+    revisions = tuple(meta.get("revisions", ("",) * n))
+    placed: tuple[Placement, ...] = ()
+    if "offsets" in meta and "lengths" in meta:
+        placed = tuple(
+            Placement(key, rev, url, offset, length, first, last)
+            for key, rev, url, offset, length, first, last in zip(
+                keys,
+                revisions,
+                meta.get("urls", ("",) * n),
+                meta["offsets"],
+                meta["lengths"],
+                meta.get("firsts", (None,) * n),
+                meta.get("lasts", (None,) * n),
+                strict=True,
+            )
+        )
+    firsts = [p.first for p in placed if p.first]
+    return CommitInfo(
+        snapshot=snapshot,
+        message=message,
+        written_at=written_at,
+        granules=keys,
+        revisions=revisions,
+        start=meta.get("start") or (format_value(_decode(firsts[0])) if firsts else None),
+        end=meta.get("end") or (format_value(_decode(placed[-1].last)) if placed else None),
+        run_id=meta.get("run_id"),
+        placements=placed,
+    )
+
+
+def _decode(text: str | None) -> Any:
+    from refstore.admit import from_json_value
+
+    return from_json_value(json.loads(text)) if text else None
