@@ -3,121 +3,225 @@
 Workers only read granules and return :class:`VirtualGranule`s or :class:`Failure`s;
 the main process alone writes the ledger and the repository. Process pools use the
 ``forkserver`` start method: forking after obstore started its runtime deadlocks.
+
+An :class:`Executor` is opened once per sync and reused for every batch, so a backlog of
+tens of thousands of granules pays the pool's (or the cluster connection's) start-up once,
+not once per batch.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol, Self
 
 from refstore.errors import ConfigError
 from refstore.models import Failure, Granule
 from refstore.virtualize import DatasetSpec, VirtualGranule, virtualize_granule
 
-__all__ = ["Result", "choose_executor", "virtualize_all"]
+__all__ = [
+    "Executor",
+    "OnDone",
+    "Result",
+    "choose_executor",
+    "open_executor",
+    "virtualize_all",
+]
 
 type Result = VirtualGranule | Failure
 type OnDone = Callable[[Result], None]
 
 # Below this many granules a pool costs more to start than it saves.
 _MIN_FOR_POOL = 4
+# Imported once in the forkserver, so every worker it forks starts warm (about 1 s of
+# imports per worker otherwise, paid again whenever a pool is restarted).
+_PRELOAD = ["refstore.virtualize", "virtualizarr.parsers", "xarray", "h5py", "obstore"]
 
 
-def choose_executor(executor: str, n: int, workers: int | None) -> str:
-    """Resolve ``"auto"``: serial for a handful of granules, else a local pool."""
+def choose_executor(
+    executor: str, n: int, workers: int | None, dask_address: str | None = None
+) -> str:
+    """Resolve ``"auto"``: dask if a scheduler is configured, serial for a handful of
+    granules or a single core, else a local process pool."""
     if executor != "auto":
         return executor
+    if dask_address:
+        return "dask"
     if n < _MIN_FOR_POOL or (workers or os.cpu_count() or 1) < 2:
         return "serial"
     return "processes"
 
 
-def virtualize_all(
-    granules: Sequence[Granule],
-    spec: DatasetSpec,
-    source: Any,
-    *,
-    executor: str = "auto",
-    workers: int | None = None,
-    dask_address: str | None = None,
-    on_done: OnDone | None = None,
-) -> list[Result]:
-    """Virtualize ``granules``; results come back in the same order.
+class Executor(Protocol):
+    """Runs :func:`virtualize_granule` over granules; opened once, used per batch."""
 
-    Raises
-    ------
-    ConfigError
-        Unknown executor, or a dask scheduler that cannot be reached.
-    """
-    mode = choose_executor(executor, len(granules), workers)
-    done = on_done or (lambda _r: None)
-    if mode == "serial":
-        results = []
+    mode: str
+
+    def map(
+        self, granules: Sequence[Granule], spec: DatasetSpec, source: Any, on_done: OnDone
+    ) -> list[Result]:
+        """Virtualize ``granules``; results come back in the same order."""
+        ...
+
+    def close(self) -> None:
+        """Release workers (idempotent)."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class _Base:
+    mode = "serial"
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SerialExecutor(_Base):
+    """In this process, one granule after another (no start-up cost)."""
+
+    mode = "serial"
+
+    def map(
+        self, granules: Sequence[Granule], spec: DatasetSpec, source: Any, on_done: OnDone
+    ) -> list[Result]:
+        results: list[Result] = []
         for g in granules:
             r = virtualize_granule(g, spec, source)
-            done(r)
+            on_done(r)
             results.append(r)
         return results
-    if mode == "processes":
-        return _pool(granules, spec, source, workers or os.cpu_count() or 1, done)
-    if mode == "dask":
-        return _dask(granules, spec, source, workers, dask_address, done)
-    raise ConfigError(f"Unknown executor {executor!r}.", "Use auto, serial, processes or dask.")
 
 
-def _pool(
-    granules: Sequence[Granule], spec: DatasetSpec, source: Any, workers: int, done: OnDone
-) -> list[Result]:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+class PoolExecutor(_Base):
+    """A local ``forkserver`` process pool, started lazily and kept across batches."""
 
-    ctx = multiprocessing.get_context("forkserver")
-    results: dict[int, Result] = {}
-    with ProcessPoolExecutor(max_workers=min(workers, len(granules)), mp_context=ctx) as pool:
-        futures = {
-            pool.submit(virtualize_granule, g, spec, source): i for i, g in enumerate(granules)
-        }
+    mode = "processes"
+
+    def __init__(self, workers: int) -> None:
+        self.workers = max(1, workers)
+        self._pool: Any = None
+
+    def _start(self) -> Any:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        if self._pool is None:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(_PRELOAD)
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+        return self._pool
+
+    def map(
+        self, granules: Sequence[Granule], spec: DatasetSpec, source: Any, on_done: OnDone
+    ) -> list[Result]:
+
+        results: dict[int, Result] = {}
+        pending = list(range(len(granules)))
+        # A worker that dies (OOM, a crash in the HDF5 library) breaks the whole pool
+        # and fails every granule in flight, most of them innocent: restart the pool
+        # once and resubmit them; only on a second break are they recorded as failures.
+        for attempt in range(2):
+            broken = self._round(granules, pending, spec, source, on_done, results, attempt)
+            if not broken:
+                break
+            self.close()
+            pending = broken
+        return [results[i] for i in range(len(granules))]
+
+    def _round(
+        self,
+        granules: Sequence[Granule],
+        indices: list[int],
+        spec: DatasetSpec,
+        source: Any,
+        on_done: OnDone,
+        results: dict[int, Result],
+        attempt: int,
+    ) -> list[int]:
+        from concurrent.futures import as_completed
+        from concurrent.futures.process import BrokenProcessPool
+
+        pool = self._start()
+        futures = {pool.submit(virtualize_granule, granules[i], spec, source): i for i in indices}
+        broken: list[int] = []
         for fut in as_completed(futures):
             i = futures[fut]
             try:
                 r = fut.result()
-            except Exception as e:  # a worker died (OOM, signal): quarantine, go on
-                g = granules[i]
-                r = Failure(g.key, f"{g.key}: worker failed: {type(e).__name__}: {e}")
-            done(r)
+            except BrokenProcessPool as e:
+                if attempt == 0:
+                    broken.append(i)
+                    continue
+                r = _failure(granules[i], "worker process died", e)
+            except Exception as e:  # an unpicklable result, a worker-side crash
+                r = _failure(granules[i], "worker failed", e)
+            on_done(r)
             results[i] = r
-    return [results[i] for i in range(len(granules))]
+        return broken
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
-def _dask(
-    granules: Sequence[Granule],
-    spec: DatasetSpec,
-    source: Any,
-    workers: int | None,
-    address: str | None,
-    done: OnDone,
-) -> list[Result]:
-    from distributed import Client, LocalCluster, as_completed
+class DaskExecutor(_Base):
+    """A dask.distributed cluster: the one at ``address``, or a local one on 127.0.0.1."""
 
-    cluster = None
-    try:
-        if address:
-            client = Client(address, timeout="10s")
-        else:
-            cluster = LocalCluster(
-                n_workers=workers or os.cpu_count() or 1,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-            )
-            client = Client(cluster)
-    except OSError as e:
-        raise ConfigError(
-            f"Cannot reach the dask scheduler at {address}: {e}.",
-            "Check [sync] dask_address / --dask-address, or use --executor processes.",
-        ) from e
-    try:
+    mode = "dask"
+
+    def __init__(self, address: str | None, workers: int | None, timeout: str = "10s") -> None:
+        self.address = address
+        self.workers = workers
+        self.timeout = timeout
+        self._client: Any = None
+        self._cluster: Any = None
+
+    def _start(self) -> Any:
+        if self._client is not None:
+            return self._client
+        import distributed
+
+        dd: Any = distributed  # untyped package: keep mypy --strict quiet at one place
+        try:
+            if self.address:
+                self._client = dd.Client(self.address, timeout=self.timeout)
+            else:
+                self._cluster = dd.LocalCluster(
+                    host="127.0.0.1",
+                    n_workers=self.workers or os.cpu_count() or 1,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                )
+                self._client = dd.Client(self._cluster)
+        except (OSError, TimeoutError) as e:
+            self.close()
+            raise ConfigError(
+                f"Cannot reach the dask scheduler at {self.address}: {e}.",
+                "Start the scheduler (dask scheduler --host 127.0.0.1) or fix [sync] "
+                "dask_address / --dask-address, or use --executor processes.",
+            ) from e
+        return self._client
+
+    def map(
+        self, granules: Sequence[Granule], spec: DatasetSpec, source: Any, on_done: OnDone
+    ) -> list[Result]:
+        import distributed
+
+        as_completed: Any = distributed.as_completed
+        if not granules:
+            return []
+        client = self._start()
         futures = client.map(
             virtualize_granule, list(granules), spec=spec, source=source, pure=False
         )
@@ -127,13 +231,84 @@ def _dask(
             i = index[fut.key]
             try:
                 r = fut.result()
-            except Exception as e:
-                g = granules[i]
-                r = Failure(g.key, f"{g.key}: dask worker failed: {type(e).__name__}: {e}")
-            done(r)
+            except Exception as e:  # KilledWorker, a lost connection, a worker crash
+                r = _failure(granules[i], "dask worker failed", e)
+            on_done(r)
             results[i] = r
+            fut.release()  # drop the result from the cluster's memory at once
         return [results[i] for i in range(len(granules))]
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
+
+
+def _failure(granule: Granule, what: str, e: BaseException) -> Failure:
+    return Failure(granule.key, f"{granule.key}: {what}: {type(e).__name__}: {e}")
+
+
+def open_executor(
+    executor: str = "auto",
+    n: int = _MIN_FOR_POOL,
+    *,
+    workers: int | None = None,
+    dask_address: str | None = None,
+) -> Executor:
+    """The executor for ``n`` granules; use it as a context manager.
+
+    Parameters
+    ----------
+    executor
+        ``auto``, ``serial``, ``processes`` or ``dask``.
+    n
+        How many granules the run will virtualize (``auto`` picks serial for a few).
+    workers
+        Pool size or local dask workers (default: the machine's cores).
+    dask_address
+        A running scheduler, e.g. ``tcp://127.0.0.1:8786``; without one ``dask`` starts
+        a local cluster on 127.0.0.1.
+
+    Raises
+    ------
+    ConfigError
+        Unknown executor (a dask scheduler that cannot be reached raises on first use).
+    """
+    mode = choose_executor(executor, n, workers, dask_address)
+    if mode == "serial":
+        return SerialExecutor()
+    if mode == "processes":
+        return PoolExecutor(min(workers or os.cpu_count() or 1, max(n, 1)))
+    if mode == "dask":
+        return DaskExecutor(dask_address, workers)
+    raise ConfigError(f"Unknown executor {executor!r}.", "Use auto, serial, processes or dask.")
+
+
+def virtualize_all(
+    granules: Sequence[Granule],
+    spec: DatasetSpec,
+    source: Any,
+    *,
+    executor: str | Executor = "auto",
+    workers: int | None = None,
+    dask_address: str | None = None,
+    on_done: OnDone | None = None,
+) -> list[Result]:
+    """Virtualize ``granules``; results come back in the same order.
+
+    ``executor`` is a mode name (an executor is started and closed for this call) or an
+    open :class:`Executor` reused across calls.
+
+    Raises
+    ------
+    ConfigError
+        Unknown executor, or a dask scheduler that cannot be reached.
+    """
+    done = on_done or (lambda _r: None)
+    if not isinstance(executor, str):
+        return executor.map(granules, spec, source, done)
+    with open_executor(executor, len(granules), workers=workers, dask_address=dask_address) as ex:
+        return ex.map(granules, spec, source, done)

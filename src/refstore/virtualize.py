@@ -130,6 +130,18 @@ def _short(e: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+def _small_blocks(store: Any, path: str) -> Any:
+    """VirtualiZarr's block reader with 64 KiB blocks instead of 1 MiB.
+
+    The parser needs the HDF5 metadata only (tens of KB); with 1 MiB blocks a 1 MB
+    GAMSSA granule is read whole (1.09 MB), with 64 KiB blocks 123 KB in the same
+    8 requests (scripts/bench.py, "granule_io"): 9x fewer bytes from S3 or HTTPS.
+    """
+    from obspec_utils.readers import BlockStoreReader
+
+    return BlockStoreReader(store, path, block_size=64 * 1024)
+
+
 def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule:
     from virtualizarr.parsers import HDFParser, NetCDF3Parser
 
@@ -144,7 +156,7 @@ def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule
     group = spec.group or None
     parser: Any
     if fmt == "hdf5":
-        parser = HDFParser(group=group, drop_variables=drop)
+        parser = HDFParser(group=group, drop_variables=drop, reader_factory=_small_blocks)
     elif fmt == "netcdf3":
         parser = NetCDF3Parser(group=group, skip_variables=drop)
     else:

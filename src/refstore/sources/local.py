@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import glob
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote_from_bytes
 
 from refstore.errors import SourceError
 from refstore.models import Granule
@@ -42,6 +45,7 @@ class LocalSource:
     """
 
     url: str
+    incremental: ClassVar[bool] = False  # lists the whole folder every time
 
     @classmethod
     def from_config(cls, config: Config) -> LocalSource:
@@ -53,7 +57,7 @@ class LocalSource:
         """The folder that every granule lies under."""
         return split_glob(self.url)[0]
 
-    def discover(self) -> Iterator[Granule]:
+    def discover(self, since: str | None = None) -> Iterator[Granule]:
         """List the matching files with size and modification time as the revision."""
         root, pattern = split_glob(self.url)
         if not root.is_dir():
@@ -61,21 +65,35 @@ class LocalSource:
                 f"Source folder {root} does not exist.",
                 "Check [source] url in refstore.toml (relative paths start at its folder).",
             )
+        # Plain strings and os calls, not pathlib, per file: a no-op sync lists every
+        # granule, and pathlib's relative_to/resolve cost ~60 us a file (0.7 s at 10k).
+        top = os.path.join(root, "")
         if pattern is None:
-            paths = sorted({p for pat in DEFAULT_PATTERNS for p in root.glob(pat)})
+            suffixes = tuple(p.removeprefix("*") for p in DEFAULT_PATTERNS)
+            with os.scandir(root) as entries:
+                paths = sorted(e.path for e in entries if e.name.endswith(suffixes))
         else:
-            paths = sorted(Path(p) for p in glob.glob(str(root / pattern), recursive=True))
+            paths = sorted(glob.glob(str(root / pattern), recursive=True))
+        base_uri = root.resolve().as_uri().rstrip("/") + "/"
         for path in paths:
-            if not path.is_file() or path.name.startswith("."):
+            key = path.removeprefix(top)
+            if key.rsplit("/", 1)[-1].startswith("."):
                 continue  # hidden names are partial downloads / temp files
             try:
-                st = path.stat()
+                st = os.stat(path)
             except FileNotFoundError:
                 continue  # deleted while listing
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            url = (
+                Path(path).resolve().as_uri()
+                if os.path.islink(path)
+                else base_uri + quote_from_bytes(os.fsencode(key))
+            )
             modified = datetime.fromtimestamp(st.st_mtime, UTC).isoformat()
             yield Granule(
-                key=path.relative_to(root).as_posix(),
-                url=path.resolve().as_uri(),
+                key=key,
+                url=url,
                 revision=f"{st.st_size}-{st.st_mtime_ns}",
                 size=st.st_size,
                 modified=modified,

@@ -1,0 +1,538 @@
+#!/usr/bin/env python
+"""refstore benchmarks: measured side by side in one run, printed as ratios, saved as JSON.
+
+Not timed tests: nothing here asserts a timing. ``--quick`` (N ≤ 1,000, a few minutes)
+is CI's smoke test of every path; the full run (N = 100, 1,000, 10,000) gives the figures
+in docs/benchmarks.md.
+
+    python scripts/bench.py --quick
+    python scripts/bench.py                  # full: about 15 minutes on 2 cores
+
+Figures (goals from issue 5):
+
+P1  add 1 granule (sync + commit + export) to a store of N_max vs of N_min (≤ 1.5x), and
+    vs the seed's way at N_max: re-virtualize every file and rewrite the Parquet export.
+P2  granules/s: refstore serial vs a bare VirtualiZarr loop (≥ 0.9x); a local pool of 2
+    vs serial (≥ 1.7x); a dask cluster of 2 workers on 127.0.0.1 vs serial.
+P3  no-op sync over N known granules (< 1 s).
+P4  lazy open through Icechunk and through the Parquet export (< 1 s) vs xr.open_mfdataset.
+P5  peak RSS of the first sync of N granules (< 1 GiB).
+IO  bytes and requests the virtualization of one real GAMSSA granule reads, by reader.
+
+Granules are tiny synthetic CCMP-like files (8 x 16 grid, 4 steps each, ~40 KB) written
+once into ``<work>/pool`` and hard-linked into one source folder per N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+GAMSSA = ROOT.parent / "shared" / "data" / "granules" / "gamssa"
+GRID = {"nlat": 8, "nlon": 16}
+START = dt.datetime(1990, 1, 1)
+EXTRA = 4  # granules beyond N_max: the ones P1 adds
+REPEAT = 3
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+# -- data -------------------------------------------------------------------------------
+def ensure_pool(work: Path, n: int) -> list[Path]:
+    """``n`` consecutive granules in ``work/pool`` (written once, reused by later runs)."""
+    from refstore.synthetic import write_ccmp_like_series
+
+    pool = work / "pool"
+    have = sorted(pool.glob("*.nc")) if pool.exists() else []
+    if len(have) < n:
+        log(f"writing {n - len(have)} synthetic granules into {pool}")
+        start = START + dt.timedelta(days=len(have))
+        write_ccmp_like_series(pool, start, n - len(have), steps_per_file=4, **GRID)
+        have = sorted(pool.glob("*.nc"))
+    return have[:n]
+
+
+def link_source(files: Sequence[Path], folder: Path) -> None:
+    """Hard links (not symlinks: granule URLs must stay under the source folder)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for f in files:
+        os.link(f, folder / f.name)
+
+
+def make_config(state: Path, source: Path, **extra: Any) -> Any:
+    from refstore.config import load_config
+
+    overrides = {
+        "concat_dim": "time",
+        "source_url": str(source),
+        "repo": str(state / "repo"),
+        "ledger": str(state / "ledger.db"),
+        "export": str(state / "export" / "refs.parquet"),
+        **extra,
+    }
+    return load_config(None, overrides=overrides, environ={})
+
+
+def write_toml(state: Path, source: Path) -> Path:
+    from refstore.config import render_toml
+
+    state.mkdir(parents=True, exist_ok=True)
+    path = state / "refstore.toml"
+    path.write_text(
+        render_toml(
+            source_url=str(source),
+            repo=str(state / "repo"),
+            ledger=str(state / "ledger.db"),
+            export=str(state / "export" / "refs.parquet"),
+        )
+    )
+    return path
+
+
+# -- P5: first sync in a subprocess, RSS sampled over the process tree --------------------
+@contextmanager
+def rss_sampler(pid: int) -> Iterator[dict[str, int]]:
+    import psutil
+
+    peak = {"main": 0, "tree": 0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        try:
+            proc = psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            return
+        while not stop.is_set():
+            try:
+                main = proc.memory_info().rss
+                kids = sum(c.memory_info().rss for c in proc.children(recursive=True))
+            except psutil.Error:
+                kids = 0
+                if not proc.is_running():
+                    break
+                continue
+            peak["main"] = max(peak["main"], main)
+            peak["tree"] = max(peak["tree"], main + kids)
+            stop.wait(0.5)  # /proc walks are not free: sample twice a second
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        thread.join()
+
+
+def first_sync(state: Path, source: Path, batch_size: int) -> dict[str, Any]:
+    toml = write_toml(state, source)
+    cmd = [
+        sys.executable,
+        "-m",
+        "refstore",
+        "sync",
+        "--config",
+        str(toml),
+        "--json",
+        "--no-progress",
+        "--executor",
+        "processes",
+        "--workers",
+        "2",
+        "--batch-size",
+        str(batch_size),
+    ]
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with rss_sampler(proc.pid) as peak:
+        out, err = proc.communicate()
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"first sync failed:\n{err}")
+    result = json.loads(out)
+    return {
+        "seconds": wall,
+        "added": len(result["added"]),
+        "snapshots": len(result["snapshots"]),
+        "timings": result["timings"],
+        "peak_rss_main_mib": peak["main"] / 2**20,
+        "peak_rss_tree_mib": peak["tree"] / 2**20,
+    }
+
+
+# -- P1 / P3: in-process syncs (imports warm, as in a long-running service) ---------------
+def incremental(config: Any, source: Path, extra: Sequence[Path]) -> dict[str, Any]:
+    from refstore.sync import sync
+
+    runs = []
+    for f in extra[:REPEAT]:
+        os.link(f, source / f.name)
+        seconds, result = timed(lambda: sync(config))
+        assert len(result.added) == 1, result
+        runs.append({"seconds": seconds, **{k: round(v, 4) for k, v in result.timings.items()}})
+    return {"median_s": statistics.median(r["seconds"] for r in runs), "runs": runs}
+
+
+def noop(config: Any) -> dict[str, Any]:
+    from refstore.sync import sync
+
+    runs = []
+    for _ in range(REPEAT):
+        seconds, result = timed(lambda: sync(config))
+        assert result.up_to_date and not result.snapshots
+        runs.append({"seconds": seconds, **{k: round(v, 4) for k, v in result.timings.items()}})
+    return {"median_s": statistics.median(r["seconds"] for r in runs), "runs": runs}
+
+
+# -- P4: lazy opens ---------------------------------------------------------------------
+def lazy_opens(config: Any, files: Sequence[Path], mfdataset: bool) -> dict[str, Any]:
+    import xarray as xr
+
+    from refstore.api import open_dataset, open_export
+
+    out: dict[str, Any] = {}
+    icechunk_s = [timed(lambda: open_dataset(config))[0] for _ in range(REPEAT)]
+    export_s = [timed(lambda: open_export(config.export))[0] for _ in range(REPEAT)]
+    out["icechunk_s"] = statistics.median(icechunk_s)
+    out["parquet_s"] = statistics.median(export_s)
+    if mfdataset:
+        seconds, ds = timed(
+            lambda: xr.open_mfdataset(
+                [str(f) for f in files],
+                engine="h5netcdf",
+                combine="nested",
+                concat_dim="time",
+                data_vars="minimal",
+                coords="minimal",
+                compat="override",
+                join="override",
+                parallel=False,
+            )
+        )
+        ds.close()
+        out["open_mfdataset_s"] = seconds
+    return out
+
+
+# -- P1 seed's way: re-virtualize everything, rewrite the kerchunk Parquet ----------------
+def _bare_one(url: str) -> Any:
+    from obspec_utils.registry import ObjectStoreRegistry
+    from obstore.store import LocalStore
+    from virtualizarr import open_virtual_dataset
+    from virtualizarr.parsers import HDFParser
+
+    registry = ObjectStoreRegistry({"file://": LocalStore()})
+    return open_virtual_dataset(
+        url,
+        registry=registry,
+        parser=HDFParser(),
+        loadable_variables=["time", "latitude", "longitude"],
+    )
+
+
+def seed_way(files: Sequence[Path], out: Path) -> dict[str, Any]:
+    import multiprocessing
+    import warnings
+    from concurrent.futures import ProcessPoolExecutor
+
+    import xarray as xr
+
+    urls = [f.resolve().as_uri() for f in files]
+    t = time.perf_counter()
+    ctx = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(2, mp_context=ctx) as pool:
+        datasets = list(pool.map(_bare_one, urls, chunksize=16))
+    virtualize = time.perf_counter() - t
+    t = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        combined = xr.concat(
+            datasets,
+            dim="time",
+            data_vars="minimal",
+            coords="minimal",
+            compat="override",
+            join="override",
+            combine_attrs="override",
+        )
+        shutil.rmtree(out, ignore_errors=True)
+        combined.vz.to_kerchunk(str(out), format="parquet")
+    export = time.perf_counter() - t
+    return {"seconds": virtualize + export, "virtualize_s": virtualize, "export_s": export}
+
+
+# -- P2: throughput ---------------------------------------------------------------------
+def throughput(files: Sequence[Path], folder: Path) -> dict[str, Any]:
+    import warnings
+
+    from distributed import LocalCluster
+
+    from refstore.executors import DaskExecutor, PoolExecutor, SerialExecutor
+    from refstore.models import Failure
+    from refstore.sources.local import LocalSource
+    from refstore.virtualize import DatasetSpec
+
+    link_source(files, folder)
+    source = LocalSource(str(folder))
+    granules = list(source.discover())
+    spec = DatasetSpec(concat_dim="time")
+    n = len(granules)
+    out: dict[str, Any] = {"granules": n}
+
+    def rate(fn: Callable[[], Any]) -> float:
+        seconds, results = timed(fn)
+        bad = [r for r in results if isinstance(r, Failure)]
+        assert not bad, bad[:1]
+        return n / seconds
+
+    urls = [g.url for g in granules]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _bare_one(urls[0])  # warm imports for both in-process loops
+        out["bare_virtualizarr_per_s"] = rate(lambda: [_bare_one(u) for u in urls])
+    ignore = lambda _r: None  # noqa: E731
+    serial = SerialExecutor()
+    out["serial_per_s"] = rate(lambda: serial.map(granules, spec, source, ignore))
+    with PoolExecutor(2) as pool:
+        cold, _ = timed(lambda: pool.map(granules[:2], spec, source, ignore))
+        out["pool_start_s"] = cold
+        out["pool2_per_s"] = rate(lambda: pool.map(granules, spec, source, ignore))
+    with (
+        LocalCluster(
+            host="127.0.0.1",
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+        ) as cluster,
+        DaskExecutor(cluster.scheduler_address, None) as dask,
+    ):
+        dask.map(granules[:4], spec, source, ignore)
+        out["dask2_per_s"] = rate(lambda: dask.map(granules, spec, source, ignore))
+    return out
+
+
+# -- IO: bytes and requests for one real granule -----------------------------------------
+def granule_io() -> dict[str, Any]:
+    import warnings
+
+    import h5py
+    from obspec_utils.readers import BlockStoreReader, EagerStoreReader
+    from obspec_utils.registry import ObjectStoreRegistry
+    from obspec_utils.wrappers import RequestTrace, TracingReadableStore
+    from obstore.store import LocalStore
+    from virtualizarr.parsers import HDFParser
+
+    from refstore.virtualize import choose_loadable
+
+    files = sorted(GAMSSA.glob("*.nc"))
+    if not files:
+        return {"skipped": f"no granule in {GAMSSA}"}
+    path = files[0]
+    size = path.stat().st_size
+    data = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda name, obj: (
+                data.__setitem__(name, obj.id.get_storage_size())
+                if isinstance(obj, h5py.Dataset)
+                else None
+            )
+        )
+    loadable = {k: v for k, v in data.items() if k in ("time", "lat", "lon")}
+    out: dict[str, Any] = {
+        "file": path.name,
+        "file_bytes": size,
+        "chunk_bytes": sum(data.values()),
+        "metadata_floor_bytes": size - sum(data.values()),
+        "loadable_data_bytes": sum(loadable.values()),
+        "readers": {},
+    }
+
+    def traced() -> tuple[Any, Any]:
+        trace = RequestTrace()
+        return trace, ObjectStoreRegistry({"file://": TracingReadableStore(LocalStore(), trace)})
+
+    # refstore reads with VirtualiZarr's default reader, plus one 8-byte request at
+    # offset 0 to tell HDF5 from NetCDF-3 (obstore's functional API, so not traceable
+    # through the wrapper store: counted here by construction).
+    out["refstore_format_sniff"] = {"bytes": 8, "requests": 1}
+    url = path.resolve().as_uri()
+    readers = {
+        "block_1MiB (VirtualiZarr default)": lambda s, p: BlockStoreReader(s, p),
+        "block_256KiB": lambda s, p: BlockStoreReader(s, p, block_size=256 * 1024),
+        "block_64KiB": lambda s, p: BlockStoreReader(s, p, block_size=64 * 1024),
+        "block_16KiB": lambda s, p: BlockStoreReader(s, p, block_size=16 * 1024),
+        "eager_whole_file": lambda s, p: EagerStoreReader(s, p),
+    }
+    for name, factory in readers.items():
+        trace, registry = traced()
+
+        def parse(factory: Any = factory, registry: Any = registry) -> Any:
+            store = HDFParser(reader_factory=factory)(url=url, registry=registry)
+            dims = {
+                n: tuple(a.metadata.dimension_names or ()) for n, a in store._group.arrays.items()
+            }
+            loadable = list(choose_loadable(dims, "time", None))
+            return store.to_virtual_dataset(loadable_variables=loadable).load()
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            seconds, _ = timed(parse)
+        out["readers"][name] = {
+            "bytes": int(trace.total_bytes),
+            "requests": trace.total_requests,
+            "seconds": seconds,
+        }
+    return out
+
+
+# -- the run ----------------------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    from importlib.metadata import version
+
+    import psutil
+
+    pkgs = [
+        "refstore",
+        "icechunk",
+        "virtualizarr",
+        "zarr",
+        "xarray",
+        "dask",
+        "distributed",
+        "obstore",
+        "obspec-utils",
+        "kerchunk",
+        "fastparquet",
+        "h5py",
+        "numpy",
+    ]
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "versions": {p: version(p) for p in pkgs},
+    }
+
+
+def ratio(a: float, b: float) -> float:
+    return round(a / b, 3) if b else float("nan")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="N ≤ 1,000: CI smoke run.")
+    parser.add_argument("--sizes", type=int, nargs="+", help="Store sizes (default by mode).")
+    parser.add_argument("--out", type=Path, default=ROOT / "state" / "bench")
+    parser.add_argument("--work", type=Path, help="Scratch folder (default <out>/work).")
+    parser.add_argument("--batch-size", type=int, default=1000)
+    args = parser.parse_args(argv)
+    import icechunk
+
+    icechunk.set_logs_filter("error")
+    sizes = sorted(args.sizes or ((100, 500) if args.quick else (100, 1000, 10_000)))
+    n_max, n_min = sizes[-1], sizes[0]
+    work = args.work or args.out / "work"
+    files = ensure_pool(work, n_max + EXTRA)
+    report: dict[str, Any] = {
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "mode": "quick" if args.quick else "full",
+        "machine": machine(),
+        "sizes": sizes,
+        "per_size": {},
+    }
+    for n in sizes:
+        log(f"N={n}: first sync")
+        source, state = work / f"src{n}", work / f"state{n}"
+        link_source(files[:n], source)
+        shutil.rmtree(state, ignore_errors=True)
+        row: dict[str, Any] = {"first_sync": first_sync(state, source, args.batch_size)}
+        config = make_config(state, source)
+        log(f"N={n}: no-op sync, lazy opens")
+        row["noop"] = noop(config)
+        row["open"] = lazy_opens(config, files[:n], mfdataset=True)
+        log(f"N={n}: incremental syncs")
+        row["add_one"] = incremental(config, source, files[n : n + EXTRA])
+        report["per_size"][str(n)] = row
+    log(f"seed's way at N={n_max + 1}")
+    report["seed_way"] = seed_way(files[: n_max + 1], work / "seed" / "refs.parquet")
+    log("throughput")
+    report["throughput"] = throughput(files[: 60 if args.quick else 200], work / "tput")
+    log("bytes and requests of one GAMSSA granule")
+    report["granule_io"] = granule_io()
+    big, small = report["per_size"][str(n_max)], report["per_size"][str(n_min)]
+    tp = report["throughput"]
+    report["figures"] = {
+        "P1_add_one_big_vs_small": ratio(big["add_one"]["median_s"], small["add_one"]["median_s"]),
+        "P1_seed_vs_refstore_at_big": ratio(
+            report["seed_way"]["seconds"], big["add_one"]["median_s"]
+        ),
+        "P2_serial_vs_bare": ratio(tp["serial_per_s"], tp["bare_virtualizarr_per_s"]),
+        "P2_pool2_vs_serial": ratio(tp["pool2_per_s"], tp["serial_per_s"]),
+        "P2_dask2_vs_serial": ratio(tp["dask2_per_s"], tp["serial_per_s"]),
+        "P3_noop_s_at_big": round(big["noop"]["median_s"], 3),
+        "P4_icechunk_open_s_at_big": round(big["open"]["icechunk_s"], 3),
+        "P4_parquet_open_s_at_big": round(big["open"]["parquet_s"], 3),
+        "P4_mfdataset_vs_icechunk_at_big": ratio(
+            big["open"]["open_mfdataset_s"], big["open"]["icechunk_s"]
+        ),
+        "P5_peak_rss_mib_at_big": round(big["first_sync"]["peak_rss_main_mib"], 1),
+        "P5_peak_rss_tree_mib_at_big": round(big["first_sync"]["peak_rss_tree_mib"], 1),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    text = json.dumps(report, indent=2, default=str)
+    (args.out / f"bench-{report['mode']}-{stamp}.json").write_text(text)
+    (args.out / f"latest-{report['mode']}.json").write_text(text)
+    print_summary(report)
+    return 0
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    print(f"refstore benchmark ({report['mode']}), sizes {report['sizes']}")
+    print(
+        f"{'N':>7} {'first sync s':>12} {'RSS MiB':>8} {'no-op s':>8} {'+1 s':>7} "
+        f"{'open ic s':>9} {'open pq s':>9} {'mfdataset s':>11}"
+    )
+    for n, row in report["per_size"].items():
+        fs, op = row["first_sync"], row["open"]
+        print(
+            f"{n:>7} {fs['seconds']:>12.2f} {fs['peak_rss_main_mib']:>8.0f} "
+            f"{row['noop']['median_s']:>8.3f} {row['add_one']['median_s']:>7.3f} "
+            f"{op['icechunk_s']:>9.3f} {op['parquet_s']:>9.3f} {op['open_mfdataset_s']:>11.2f}"
+        )
+    for name, value in report["figures"].items():
+        print(f"  {name:<36} {value}")
+    io = report["granule_io"]
+    for name, r in io.get("readers", {}).items():
+        print(f"  IO {name:<34} {r['bytes']:>9} B in {r['requests']} request(s)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Executors: serial, a forkserver pool and a real dask cluster on 127.0.0.1 give the same
+results, in order, with one progress call per granule; only the main process writes."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from refstore.errors import ConfigError
+from refstore.executors import (
+    DaskExecutor,
+    PoolExecutor,
+    choose_executor,
+    open_executor,
+    virtualize_all,
+)
+from refstore.models import Failure, Granule
+from refstore.sources.local import LocalSource
+from refstore.synthetic import write_ccmp_like_series
+from refstore.virtualize import DatasetSpec, VirtualGranule
+
+SPEC = DatasetSpec(concat_dim="time")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five tiny CCMP-like granules and one file that is not HDF5."""
+    path = tmp_path_factory.mktemp("granules")
+    write_ccmp_like_series(path, datetime(2024, 1, 1), 5, nlat=8, nlon=16)
+    (path / "CCMP_Wind_Analysis_20240106_V03.1_L4.nc").write_bytes(b"not a netcdf file at all")
+    return path
+
+
+@pytest.fixture(scope="module")
+def granules(folder: Path) -> list[Granule]:
+    return list(LocalSource(str(folder)).discover())
+
+
+@pytest.fixture(scope="module")
+def serial(folder: Path, granules: list[Granule]) -> list[object]:
+    return list(virtualize_all(granules, SPEC, LocalSource(str(folder)), executor="serial"))
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        host="127.0.0.1",
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+    ) as c:
+        yield str(c.scheduler_address)
+
+
+def _summary(results: list[object]) -> list[tuple[str, str, str | None, str | None]]:
+    out = []
+    for r in results:
+        if isinstance(r, VirtualGranule):
+            out.append((r.granule.key, "ok", r.start, r.end))
+        else:
+            assert isinstance(r, Failure)
+            out.append((r.key, "failed", r.reason.split(":")[0], None))
+    return out
+
+
+def test_serial_results_in_order_with_a_failure_as_value(
+    granules: list[Granule], serial: list[object]
+) -> None:
+    assert [s[0] for s in _summary(serial)] == [g.key for g in granules]
+    kinds = [s[1] for s in _summary(serial)]
+    assert kinds == ["ok"] * 5 + ["failed"]
+    assert _summary(serial)[0][2:] == ("2024-01-01T00:00:00", "2024-01-01T18:00:00")
+
+
+def test_pool_equals_serial_and_reports_each_granule(
+    folder: Path, granules: list[Granule], serial: list[object]
+) -> None:
+    seen: list[str] = []
+    with open_executor("processes", len(granules), workers=2) as ex:
+        assert isinstance(ex, PoolExecutor)
+        first = ex.map(
+            granules,
+            SPEC,
+            LocalSource(str(folder)),
+            lambda r: seen.append(r.key if isinstance(r, Failure) else r.granule.key),
+        )
+        pool = ex._pool
+        # The pool lives across batches: a second batch reuses the same workers.
+        second = ex.map(granules[:2], SPEC, LocalSource(str(folder)), lambda _r: None)
+        assert ex._pool is pool
+    assert _summary(first) == _summary(serial)
+    assert _summary(second) == _summary(serial)[:2]
+    assert sorted(seen) == sorted(g.key for g in granules)
+    ok = [r for r in first if isinstance(r, VirtualGranule)]
+    ref = [r for r in serial if isinstance(r, VirtualGranule)]
+    assert [r.signature for r in ok] == [r.signature for r in ref]
+    assert ok[0].dataset["uwnd"].data.manifest == ref[0].dataset["uwnd"].data.manifest
+
+
+def test_dask_cluster_on_loopback_equals_serial(
+    cluster: str, folder: Path, granules: list[Granule], serial: list[object]
+) -> None:
+    assert cluster.startswith("tcp://127.0.0.1:")
+    seen: list[object] = []
+    with open_executor("auto", len(granules), dask_address=cluster) as ex:
+        assert isinstance(ex, DaskExecutor)
+        results = ex.map(granules, SPEC, LocalSource(str(folder)), seen.append)
+    assert _summary(results) == _summary(serial)
+    assert len(seen) == len(granules)
+
+
+def test_sync_through_dask_address_commits_everything(
+    cluster: str, make_config, arrive, ccmp_archive
+) -> None:
+    from refstore.api import open_dataset
+    from refstore.sync import sync
+
+    arrive(*ccmp_archive(6, nlat=8, nlon=16))
+    config = make_config().replace(executor="dask", dask_address=cluster, batch_size=4)
+    ticks: list[object] = []
+    result = sync(config, progress=lambda total, label: ticks.append)
+    assert len(result.added) == 6
+    assert len(result.snapshots) == 2  # batches of 4 + 2: one commit each
+    assert len(ticks) == 6
+    assert open_dataset(config).sizes["time"] == 24
+
+
+def test_unreachable_scheduler_is_a_config_error_with_hint(
+    folder: Path, granules: list[Granule]
+) -> None:
+    with socket.socket() as s:  # a port on loopback that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ex = DaskExecutor(f"tcp://127.0.0.1:{port}", None, timeout="1s")
+    with pytest.raises(ConfigError) as info, ex:
+        ex.map(granules[:1], SPEC, LocalSource(str(folder)), lambda _r: None)
+    assert "dask scheduler" in info.value.message
+    assert "--dask-address" in info.value.hint
+
+
+def test_choose_executor() -> None:
+    assert choose_executor("auto", 2, None) == "serial"
+    assert choose_executor("auto", 100, 1) == "serial"
+    assert choose_executor("auto", 100, 2) == "processes"
+    assert choose_executor("auto", 2, None, "tcp://127.0.0.1:8786") == "dask"
+    assert choose_executor("serial", 100, 2, "tcp://127.0.0.1:8786") == "serial"
+    with pytest.raises(ConfigError):
+        open_executor("threads", 10)
