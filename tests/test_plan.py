@@ -62,3 +62,23 @@ def test_batches_keep_order_and_bound(items: list[int], size: int) -> None:
     out = list(batches(items, size))
     assert [x for b in out for x in b] == items
     assert all(1 <= len(b) <= size for b in out)
+
+
+def test_incremental_listing_reports_nothing_missing_and_retries_pending_rows() -> None:
+    rows = {
+        "done": row("done", Status.COMMITTED),
+        "bad": row("bad", Status.QUARANTINED),
+        "crashed": row("crashed", Status.VIRTUALIZED),
+        "queued": row("queued", Status.NEW),
+    }
+    plan = plan_sync([g("arrived")], rows, complete=False)
+    assert plan.missing == ()
+    assert [x.key for x in plan.todo] == ["arrived", "crashed", "queued"]
+    assert plan_sync([g("arrived")], rows).missing == ("done",)
+
+
+def test_unknown_revision_keeps_the_ledgers() -> None:
+    rows = {"done": row("done", Status.COMMITTED), "bad": row("bad", Status.QUARANTINED)}
+    plan = plan_sync([g("done", ""), g("bad", ""), g("fresh", "")], rows)
+    assert plan.revised == () and plan.unchanged == 1 and plan.quarantined == 1
+    assert [x.key for x in plan.new] == ["fresh"]

@@ -8,6 +8,7 @@ from typing import Any
 from refstore.config import Config, load_config
 from refstore.errors import ConfigError, NotFoundError
 from refstore.sources import source_for
+from refstore.storage import S3Options, is_local, store_options
 from refstore.store import Store
 
 __all__ = ["open_dataset", "open_export", "open_store"]
@@ -21,23 +22,75 @@ def open_store(config: str | os.PathLike[str] | Config | None = None) -> Store:
     """The :class:`~refstore.store.Store` of a configuration, with source access granted."""
     cfg = _config(config)
     source = source_for(cfg)
-    return Store(cfg.repo, (source.container(),), source)
+    return Store(cfg.repo, (source.container(),), source, options=store_options(cfg))
 
 
-def open_export(path: str | os.PathLike[str], **kwargs: Any) -> Any:
-    """Open a kerchunk export (Parquet folder or JSON file) with plain fsspec + xarray."""
+def open_export(
+    path: str | os.PathLike[str],
+    *,
+    options: S3Options | None = None,
+    fs: dict[str, dict[str, Any]] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Open a kerchunk export (Parquet folder or JSON file) with plain fsspec + xarray.
+
+    Parameters
+    ----------
+    path
+        A local export, or an ``s3://`` one (its ``LATEST`` version is opened).
+    options
+        S3 options of the export's bucket.
+    fs
+        fsspec options per protocol of the referenced data, e.g. ``{"s3": {...},
+        "https": {"headers": {...}}}`` (default: local files only).
+    kwargs
+        Passed to ``xarray.open_dataset``.
+    """
     import fsspec
     import xarray as xr
 
-    if not os.path.exists(path):
+    target: dict[str, Any] = {}
+    if str(path).startswith("s3://"):
+        from refstore.export_s3 import resolve_export, s3fs_options
+
+        fo = resolve_export(str(path), options)
+        target = {"target_protocol": "s3", "target_options": s3fs_options(options)}
+    elif not os.path.exists(path):
         raise NotFoundError(
             f"No export at {path}.", "Run `refstore sync` or `refstore export` to write it."
         )
-    fs = fsspec.filesystem("reference", fo=str(path), remote_protocol="file")
+    else:
+        fo = str(path)
+    if fs:
+        from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+
+        # zarr reads through an asynchronous copy of this filesystem: the filesystems
+        # it reaches must be asynchronous too (a synchronous s3fs/http one would run on
+        # another event loop), and local paths (no protocol) need an async wrapper.
+        local = AsyncFileSystemWrapper(fsspec.filesystem("file"), asynchronous=True)
+        per_protocol: dict[Any, Any] = {None: local, "file": local}
+        per_protocol |= {p: {**opts, "asynchronous": True} for p, opts in fs.items()}
+        refs = fsspec.filesystem("reference", fo=fo, fs=per_protocol, **target)
+    else:
+        refs = fsspec.filesystem("reference", fo=fo, remote_protocol="file", **target)
     kwargs.setdefault("chunks", {})
     return xr.open_dataset(
-        fs.get_mapper(""), engine="zarr", consolidated=False, zarr_format=2, **kwargs
+        refs.get_mapper(""), engine="zarr", consolidated=False, zarr_format=2, **kwargs
     )
+
+
+def _export_fs(cfg: Config) -> dict[str, dict[str, Any]] | None:
+    """fsspec options for what an export references: the repository's own chunks
+    (``[store]`` bucket) and the granules (the source's protocol and credentials)."""
+    from refstore.export_s3 import s3fs_options
+
+    fs: dict[str, dict[str, Any]] = {}
+    if not is_local(cfg.repo):
+        fs["s3"] = s3fs_options(store_options(cfg))
+    hook = getattr(source_for(cfg), "fsspec_options", None)
+    if hook is not None:
+        fs.update(hook())
+    return fs or None
 
 
 def open_dataset(
@@ -67,7 +120,11 @@ def open_dataset(
     """
     cfg = _config(config)
     if source == "repo":
-        return open_store(cfg).open_dataset(at, **kwargs)
+        store = open_store(cfg)
+        check = getattr(store.source, "check_access", None)
+        if check is not None:
+            check()  # a missing login is one line with a hint, not a failed chunk read
+        return store.open_dataset(at, **kwargs)
     if source == "export":
         if at is not None:
             raise ConfigError(
@@ -75,5 +132,5 @@ def open_dataset(
                 "Use open_dataset(..., at=REF) without source='export', or "
                 "`refstore export --at REF -o PATH` and open that file.",
             )
-        return open_export(cfg.export, **kwargs)
+        return open_export(cfg.export, options=store_options(cfg), fs=_export_fs(cfg), **kwargs)
     raise ConfigError(f"Unknown source {source!r}.", "Use source='repo' or source='export'.")

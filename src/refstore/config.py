@@ -14,6 +14,21 @@ The file's key names are a contract (other tools write them directly)::
     ledger = "state/ledger.db"
     export = "state/export/refs.parquet"
 
+Remote sources and stores add keys (see the README, "Real-world use: NASA Earthdata")::
+
+    [source]
+    url = "s3://bucket/prefix/"    # or *.nc glob; region, endpoint_url, allow_http, anonymous
+    urls_file = "granules.txt"     # HTTPS granules, one URL a line; token_env names the token
+    short_name = "CCMP_WINDS_10M6HR_L4_V3.1"   # or concept_id: an Earthdata (CMR) collection
+    version = "3.1"                # provider, temporal = [start, end], access = direct|external
+    cmr_url = "https://cmr.earthdata.nasa.gov/search/"   # edl_url, s3_credentials_url, login
+    [store]
+    repo = "s3://bucket/refs/ccmp"                   # region, endpoint_url, allow_http
+    export = "s3://bucket/exports/ccmp.parquet"
+
+Credentials are never configuration: they come from the environment, ``~/.netrc`` or the
+AWS credential chain at run time and stay in memory.
+
 Relative local paths resolve against the folder of the file (or the working directory
 when there is no file). ``REFSTORE_<SECTION>_<KEY>`` environment variables override
 the file, e.g. ``REFSTORE_SOURCE_URL``.
@@ -35,6 +50,8 @@ __all__ = ["DEFAULT_CONFIG_NAME", "Config", "load_config", "render_toml"]
 
 DEFAULT_CONFIG_NAME = "refstore.toml"
 EXECUTORS = ("auto", "serial", "processes", "dask")
+ACCESS_MODES = ("direct", "external")
+LOGIN_STRATEGIES = ("all", "environment", "token", "netrc")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +73,26 @@ class Config:
     dask_address: str | None = None
     root: str = "."
     config_path: str | None = None
+    # Remote sources (see sources/s3.py, https.py, earthdata.py). No secrets here.
+    urls_file: str | None = None
+    short_name: str | None = None
+    concept_id: str | None = None
+    version: str | None = None
+    provider: str | None = None
+    temporal: tuple[str, ...] | None = None
+    access: str = "external"
+    cmr_url: str | None = None
+    edl_url: str | None = None
+    s3_credentials_url: str | None = None
+    login: str | None = None
+    token_env: str | None = None
+    source_region: str | None = None
+    source_endpoint_url: str | None = None
+    source_allow_http: bool = False
+    anonymous: bool = False
+    store_region: str | None = None
+    store_endpoint_url: str | None = None
+    store_allow_http: bool = False
 
     def __post_init__(self) -> None:
         if not self.concat_dim:
@@ -63,10 +100,26 @@ class Config:
                 "[dataset] concat_dim is required.",
                 'Add `concat_dim = "time"` (the dimension granules stack along) to [dataset].',
             )
-        if not self.source_url:
+        if not (self.source_url or self.urls_file or self.short_name or self.concept_id):
             raise ConfigError(
                 "[source] url is required.",
-                'Add `url = "incoming/*.nc"` (a folder or glob of granules) to [source].',
+                'Add `url = "incoming/*.nc"` (a folder, glob or s3:// prefix) to [source], '
+                "or urls_file, short_name or concept_id for HTTPS and Earthdata granules.",
+            )
+        if self.access not in ACCESS_MODES:
+            raise ConfigError(
+                f"[source] access must be direct or external, got {self.access!r}.",
+                'Use access = "direct" in AWS us-west-2, "external" (HTTPS) anywhere else.',
+            )
+        if self.login is not None and self.login not in LOGIN_STRATEGIES:
+            raise ConfigError(
+                f"[source] login must be one of {', '.join(LOGIN_STRATEGIES)}; got {self.login!r}.",
+                'Leave login unset (= "all": token, then environment, then ~/.netrc).',
+            )
+        if self.temporal is not None and len(self.temporal) not in (1, 2):
+            raise ConfigError(
+                f"[source] temporal must be [start, end], got {list(self.temporal)!r}.",
+                'Use e.g. temporal = ["2024-01-01", "2024-12-31"] ("" or no end: open).',
             )
         if self.batch_size < 1:
             raise ConfigError(
@@ -97,20 +150,40 @@ _SCHEMA: dict[tuple[str, str], tuple[str, type]] = {
     ("dataset", "group"): ("group", str),
     ("dataset", "coord_chunk"): ("coord_chunk", int),
     ("source", "url"): ("source_url", str),
+    ("source", "urls_file"): ("urls_file", str),
+    ("source", "short_name"): ("short_name", str),
+    ("source", "concept_id"): ("concept_id", str),
+    ("source", "version"): ("version", str),
+    ("source", "provider"): ("provider", str),
+    ("source", "temporal"): ("temporal", list),
+    ("source", "access"): ("access", str),
+    ("source", "cmr_url"): ("cmr_url", str),
+    ("source", "edl_url"): ("edl_url", str),
+    ("source", "s3_credentials_url"): ("s3_credentials_url", str),
+    ("source", "login"): ("login", str),
+    ("source", "token_env"): ("token_env", str),
+    ("source", "region"): ("source_region", str),
+    ("source", "endpoint_url"): ("source_endpoint_url", str),
+    ("source", "allow_http"): ("source_allow_http", bool),
+    ("source", "anonymous"): ("anonymous", bool),
     ("store", "repo"): ("repo", str),
     ("store", "ledger"): ("ledger", str),
     ("store", "export"): ("export", str),
+    ("store", "region"): ("store_region", str),
+    ("store", "endpoint_url"): ("store_endpoint_url", str),
+    ("store", "allow_http"): ("store_allow_http", bool),
     ("sync", "batch_size"): ("batch_size", int),
     ("sync", "executor"): ("executor", str),
     ("sync", "workers"): ("workers", int),
     ("sync", "dask_address"): ("dask_address", str),
 }
+_BOOL_TEXT = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 _DEFAULTS: dict[str, Any] = {
     "repo": "state/repo",
     "ledger": "state/ledger.db",
     "export": "state/export/refs.parquet",
 }
-_PATH_FIELDS = ("source_url", "repo", "ledger", "export")
+_PATH_FIELDS = ("source_url", "repo", "ledger", "export", "urls_file")
 
 
 def _is_remote(url: str) -> bool:
@@ -139,6 +212,14 @@ def _coerce(field: str, kind: type, value: Any, origin: str) -> Any:
             if isinstance(value, bool):
                 raise TypeError
             return int(value)
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            # Environment variables arrive as text.
+            text = str(value).strip().lower()
+            if text not in _BOOL_TEXT:
+                raise ValueError
+            return _BOOL_TEXT[text]
         if not isinstance(value, str):
             raise TypeError
         return value
@@ -235,6 +316,8 @@ def load_config(
             values[name] = _resolve(values[name], root)
     if values.get("loadable_variables") is not None:
         values["loadable_variables"] = tuple(values["loadable_variables"])
+    if values.get("temporal") is not None:
+        values["temporal"] = tuple(values["temporal"])
     unknown = set(values) - {f.name for f in dataclasses.fields(Config)}
     if unknown:
         raise ConfigError(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from refstore.errors import StoreError
+from refstore.storage import S3Options
 
 __all__ = ["build_refs", "fix_fill_values", "fix_scalar_keys", "write_export"]
 
@@ -71,17 +72,30 @@ def fix_fill_values(refs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_export(refs: dict[str, Any], path: str | Path, fmt: str = "parquet") -> Path:
+def write_export(
+    refs: dict[str, Any],
+    path: str | Path,
+    fmt: str = "parquet",
+    *,
+    options: S3Options | None = None,
+) -> Path | str:
     """Write ``refs`` to ``path`` atomically and return it.
+
+    An ``s3://`` path is written by :func:`refstore.export_s3.write_export_s3` (a new
+    version prefix, then a one-line ``LATEST`` pointer); ``options`` reach its bucket.
 
     Raises
     ------
     StoreError
         The export could not be written; the previous export is left untouched.
     """
-    path = Path(path)
     if fmt not in FORMATS:
         raise StoreError(f"Unknown export format {fmt!r}.", "Use --format parquet or json.")
+    if str(path).startswith("s3://"):
+        from refstore.export_s3 import write_export_s3
+
+        return write_export_s3(refs, str(path), fmt, options)
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         if fmt == "json":

@@ -9,7 +9,9 @@ from refstore.models import Granule, LedgerRow, Status, SyncPlan
 __all__ = ["batches", "plan_sync"]
 
 
-def plan_sync(discovered: Iterable[Granule], rows: Mapping[str, LedgerRow]) -> SyncPlan:
+def plan_sync(
+    discovered: Iterable[Granule], rows: Mapping[str, LedgerRow], *, complete: bool = True
+) -> SyncPlan:
     """Diff discovered granules against the ledger.
 
     - not in the ledger → ``new``;
@@ -18,7 +20,15 @@ def plan_sync(discovered: Iterable[Granule], rows: Mapping[str, LedgerRow]) -> S
     - known, same revision, not committed and not quarantined (a run died before its
       commit) → ``new`` again;
     - committed or quarantined with the same revision → left alone;
-    - committed but no longer discovered → ``missing`` (reported, never dropped).
+    - committed but no longer discovered → ``missing`` (reported, never dropped);
+    - an empty revision means the source could not tell it now (a HEAD request failed):
+      a known granule keeps the ledger's revision, so a transient fault neither revises
+      nor re-appends it; an unknown one is new (and quarantined if it cannot be read).
+
+    ``complete=False`` means ``discovered`` lists only what changed since the last run
+    (an incremental source): nothing is ``missing`` then, and granules the ledger
+    recorded but never committed nor quarantined are planned again from their rows
+    (the listing will not repeat them).
 
     The result does not depend on the order of ``discovered``; a key discovered twice
     keeps its last revision.
@@ -32,6 +42,8 @@ def plan_sync(discovered: Iterable[Granule], rows: Mapping[str, LedgerRow]) -> S
     for key in sorted(seen):
         g = seen[key]
         row = rows.get(key)
+        if row is not None and not g.revision:
+            g = Granule(g.key, g.url, row.revision, g.size, g.modified)
         if row is None:
             new.append(g)
         elif row.revision != g.revision:
@@ -42,8 +54,19 @@ def plan_sync(discovered: Iterable[Granule], rows: Mapping[str, LedgerRow]) -> S
             quarantined += 1
         else:
             new.append(g)
+    if not complete:
+        settled = (Status.COMMITTED, Status.QUARANTINED)
+        new += [
+            Granule(r.key, r.url, r.revision)
+            for k, r in sorted(rows.items())
+            if k not in seen and r.status not in settled and r.url
+        ]
     missing = tuple(
-        sorted(k for k, r in rows.items() if k not in seen and r.status is Status.COMMITTED)
+        sorted(
+            k
+            for k, r in rows.items()
+            if complete and k not in seen and r.status is Status.COMMITTED
+        )
     )
     return SyncPlan(
         new=tuple(new),

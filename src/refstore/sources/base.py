@@ -4,6 +4,15 @@ A source lists a collection's granules (:meth:`Source.discover`), tells the pars
 to read them (:meth:`Source.registry`) and tells Icechunk where the virtual chunks
 live (:meth:`Source.container`). Kinds are found by URL scheme and imported lazily, as
 xarray does for its backends, so a missing optional dependency is one clear error.
+
+Kinds: ``file`` (a local folder or glob), ``s3`` (a prefix or glob), ``https`` (a list
+of URLs in ``[source] urls_file``) and ``earthdata`` (a CMR collection: ``[source]
+short_name`` or ``concept_id``). Every kind passes ``tests/test_sources_contract.py``.
+
+Optional hooks a source may add, used by :mod:`refstore.storage` at open time and never
+persisted: ``icechunk_credentials()`` (the container credential), ``http_headers()``
+(e.g. a bearer token for an HTTP container) and ``check_access()`` (raise a
+:class:`~refstore.errors.ConfigError` with a one-line hint when access is missing).
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from refstore.errors import ConfigError
 
@@ -19,7 +28,7 @@ if TYPE_CHECKING:
     from refstore.config import Config
     from refstore.models import Granule
 
-__all__ = ["KINDS", "ContainerSpec", "Source", "source_for"]
+__all__ = ["KINDS", "ContainerSpec", "Source", "kind_of", "source_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +36,9 @@ class ContainerSpec:
     """Where a source's virtual chunks live, for Icechunk.
 
     ``url_prefix`` ends in ``/``; ``kind`` is ``"local"``, ``"s3"`` or ``"http"``;
-    ``options`` are non-secret store options (region, endpoint). Credentials are never
-    part of this object: they are passed at open time and never persisted.
+    ``options`` are non-secret store options (``region``, ``endpoint_url``,
+    ``allow_http``, ``anonymous``; see :class:`refstore.storage.S3Options`). Credentials
+    are never part of this object: they are passed at open time and never persisted.
     """
 
     url_prefix: str
@@ -41,12 +51,22 @@ class Source(Protocol):
     """A collection of granules. Options go to ``__init__``; work happens in methods.
 
     Implementations must be picklable: worker processes rebuild their readers from it.
+    Their state holds no secret (credentials are looked up in memory at run time).
+
+    ``incremental`` sources list only what changed since a high-water mark (a CMR
+    revision date): sync passes the mark back as ``since``, does not report granules
+    it did not hear about as missing, and retries granules it recorded but never
+    committed from the ledger.
     """
 
     url: str
+    incremental: ClassVar[bool]
 
-    def discover(self) -> Iterator[Granule]:
-        """List the granules now in the collection.
+    def discover(self, since: str | None = None) -> Iterator[Granule]:
+        """List the granules now in the collection (changed since ``since``, if given).
+
+        ``Granule.modified`` of an incremental source is the value to remember as the
+        next ``since`` (the highest one seen).
 
         Raises
         ------
@@ -67,7 +87,25 @@ class Source(Protocol):
 # scheme -> (module, class, install hint)
 KINDS: dict[str, tuple[str, str, str]] = {
     "file": ("refstore.sources.local", "LocalSource", ""),
+    "s3": ("refstore.sources.s3", "S3Source", ""),
+    "http": ("refstore.sources.https", "HttpsSource", ""),
+    "https": ("refstore.sources.https", "HttpsSource", ""),
+    "earthdata": (
+        "refstore.sources.earthdata",
+        "EarthdataSource",
+        "Install earthaccess (pip install earthaccess).",
+    ),
 }
+
+
+def kind_of(config: Config) -> str:
+    """The source kind a configuration names (a key of :data:`KINDS`)."""
+    if config.short_name or config.concept_id:
+        return "earthdata"
+    if config.urls_file:
+        return "https"
+    url = config.source_url
+    return url.split("://", 1)[0] if "://" in url else "file"
 
 
 def source_for(config: Config) -> Source:
@@ -79,7 +117,7 @@ def source_for(config: Config) -> Source:
         The URL's scheme is not a known source kind.
     """
     url = config.source_url
-    scheme = url.split("://", 1)[0] if "://" in url else "file"
+    scheme = kind_of(config)
     if scheme not in KINDS:
         raise ConfigError(
             f"[source] url {url!r}: no source kind for scheme {scheme!r}.",
