@@ -208,8 +208,7 @@ def test_crash_after_commit_heals_on_next_run(make_config, arrive, ccmp_archive)
     assert refstore.open_dataset(config).sizes["time"] == 8
 
 
-def test_revised_granule_is_replaced_in_place(make_config, arrive, ccmp_archive,
-                                              incoming) -> None:
+def test_revised_granule_is_replaced_in_place(make_config, arrive, ccmp_archive, incoming) -> None:
     from datetime import datetime
 
     config = make_config()

@@ -223,8 +223,12 @@ def status(config_path: str | None, as_json: bool) -> None:
     click.echo(f"coverage  {info['start']} .. {info['end']}  ({info['length']} steps)")
     counts = ", ".join(f"{n} {s}" for s, n in sorted(info["counts"].items())) or "none"
     click.echo(f"granules  {counts}")
+    for gap in info["gaps"]:
+        click.echo(f"  gap between {gap['after']} and {gap['before']}")
     for q in info["quarantined"]:
         click.echo(f"  quarantined {q['reason']}")
+    for m in info["missing"]:
+        click.echo(f"  missing     {m['key']}: gone from the source since {m['since']}")
     for run in info["runs"][:5]:
         click.echo(
             f"run {run['id']}  {run['status']:<7} +{run['added'] or 0} "
@@ -297,14 +301,47 @@ def export(config_path: str | None, at: str | None, fmt: str, output: str | None
     from refstore.api import open_store
     from refstore.export import build_refs, write_export
     from refstore.sources import source_for
+    from refstore.storage import export_registry, store_options
 
     _quiet_icechunk()
     cfg = _load(config_path)
     store = open_store(cfg)
     session = store.session(at)
-    refs = build_refs(session, source_for(cfg).registry(), store.native_chunks_prefix)
-    path = write_export(refs, output or cfg.export, fmt)
+    registry = export_registry(source_for(cfg).registry(), store.url, store.options)
+    refs = build_refs(session, registry, store.native_chunks_prefix)
+    path = write_export(refs, output or cfg.export, fmt, options=store_options(cfg))
     click.echo(f"wrote {path}")
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option("--sample", type=int, default=10, show_default=True, help="Random chunks to read.")
+@click.option("--at", "at", help="Snapshot id, tag or ISO date/datetime (default: head).")
+@click.option("--seed", type=int, default=None, help="Seed for the chunk sample.")
+@JSON_OPTION
+def verify(
+    config_path: str | None, sample: int, at: str | None, seed: int | None, as_json: bool
+) -> None:
+    """Compare random chunks with the source files and every source's revision."""
+    from refstore.errors import IntegrityError
+    from refstore.verify import verify as run_verify
+
+    _quiet_icechunk()
+    report = run_verify(_load(config_path), sample=sample, at=at, seed=seed)
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        click.echo(
+            f"snapshot {report.snapshot}: {report.granules} granule(s), "
+            f"{report.chunks_checked} chunk(s) compared with their source files"
+        )
+        for line in report.mismatches + report.changed + report.missing:
+            click.echo(f"  {line}")
+    if not report.ok:
+        n = len(report.mismatches) + len(report.changed) + len(report.missing)
+        raise IntegrityError(f"verify found {n} problem(s) in snapshot {report.snapshot}.")
+    if not as_json:
+        click.echo("ok: the store serves what the sources hold")
 
 
 @cli.command()

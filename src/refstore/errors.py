@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "GranuleError",
+    "IntegrityError",
     "NotFoundError",
     "RefstoreError",
     "SourceError",
@@ -74,6 +75,16 @@ class StoreError(RefstoreError):
 
     exit_code = 5
     default_hint = "Check the [store] settings and that the repository path is writable."
+
+
+class IntegrityError(RefstoreError):
+    """What the store serves differs from the source files (``refstore verify``)."""
+
+    exit_code = 8
+    default_hint = (
+        "Run `refstore sync` to re-read revised granules; restore or re-publish missing "
+        "sources; `refstore status` lists what changed."
+    )
 
 
 class NotFoundError(RefstoreError, KeyError):

@@ -212,6 +212,20 @@ class Ledger:
         with self._tx():
             self.db.table("meta").upsert({"key": key, "value": value}, pk="key")
 
+    def high_water(self, source: str) -> str | None:
+        """The newest revision date an incremental source reported (None: never synced).
+
+        Keyed by the source's identity (its URL), so a changed collection query starts
+        from scratch.
+        """
+        return self.get_meta(f"high_water:{source}")
+
+    def raise_high_water(self, source: str, value: str | None) -> None:
+        """Remember ``value`` as ``source``'s high-water mark if it is newer."""
+        current = self.high_water(source)
+        if value and (current is None or value > current):
+            self.set_meta(f"high_water:{source}", value)
+
     def start_run(self) -> str:
         """Record the start of a sync run and return its id."""
         run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
@@ -411,8 +425,7 @@ class Ledger:
                     self.db.execute("update granules set missing_since = null where key = ?", [key])
             for key in wanted:
                 self.db.execute(
-                    "update granules set missing_since = coalesce(missing_since, ?)"
-                    " where key = ?",
+                    "update granules set missing_since = coalesce(missing_since, ?) where key = ?",
                     [_now(), key],
                 )
 

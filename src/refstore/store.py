@@ -26,6 +26,7 @@ from typing import Any
 from refstore.errors import ConflictError, NotFoundError, StoreError
 from refstore.models import CommitInfo
 from refstore.sources.base import ContainerSpec
+from refstore.storage import S3Options
 
 __all__ = ["Store", "parse_when"]
 
@@ -67,27 +68,41 @@ class Store:
     Parameters
     ----------
     url
-        A local folder (later: ``s3://bucket/prefix``).
+        A local folder or ``s3://bucket/prefix``.
     containers
         Virtual chunk containers to authorize (the source's); local ``file://``
         containers already saved in the repository are authorized too.
     source
         The granule source, asked for container credentials when opening.
+    options
+        S3 options of the repository's bucket (``[store] region``, ``endpoint_url``...).
     """
 
     def __init__(
-        self, url: str, containers: tuple[ContainerSpec, ...] = (), source: Any = None
+        self,
+        url: str,
+        containers: tuple[ContainerSpec, ...] = (),
+        source: Any = None,
+        *,
+        options: S3Options | None = None,
     ) -> None:
         self.url = url
         self.containers = containers
         self.source = source  # may grant container credentials (never stored)
+        self.options = options
         self._repo: Any = None
 
     # -- opening --------------------------------------------------------------------
     def _storage(self) -> Any:
         from refstore.storage import repo_storage
 
-        return repo_storage(self.url)
+        return repo_storage(self.url, self.options)
+
+    def _open_config(self) -> Any:
+        """Retry settings and container secrets (HTTP headers), for opening; never saved."""
+        from refstore.storage import container_open_config
+
+        return container_open_config(self.containers, self.source)
 
     @property
     def native_chunks_prefix(self) -> str:
@@ -138,6 +153,7 @@ class Store:
             try:
                 self._repo = icechunk.Repository.open(
                     storage,
+                    config=self._open_config(),
                     authorize_virtual_chunk_access=self._authorizations(saved_containers),
                 )
             except icechunk.IcechunkError as e:
@@ -178,6 +194,8 @@ class Store:
                 config=config,
                 authorize_virtual_chunk_access=self._authorizations(None),
             )
+            # Saved above without secrets; retries and headers are added in memory.
+            self._repo = self._repo.reopen(config=self._open_config())
         except icechunk.IcechunkError as e:
             raise StoreError(
                 f"Cannot create the repository at {self.url}: {e}",
@@ -199,8 +217,13 @@ class Store:
             config.set_virtual_chunk_container(
                 icechunk.VirtualChunkContainer(c.url_prefix, container_store_config(c))
             )
-        self._repo = self.repo.reopen(config=config)
-        self._repo.save_config()
+        # Saved from a repository opened without the in-memory secrets (HTTP headers),
+        # which would otherwise be merged into the saved config.
+        plain = icechunk.Repository.open(
+            self._storage(), authorize_virtual_chunk_access=self._authorizations(saved)
+        )
+        plain.reopen(config=config).save_config()
+        self._repo = None  # reopened, with the secrets in memory, on next use
 
     # -- history ----------------------------------------------------------------------
     def head_snapshot(self) -> str:
@@ -212,13 +235,14 @@ class Store:
             return iter(self.repo.ancestry(branch=BRANCH))
         return iter(self.repo.ancestry(snapshot_id=snapshot))
 
-    def commits(self, *, stop_at: str | None = None) -> list[CommitInfo]:
-        """refstore commits on ``main``, oldest first, newer than ``stop_at`` if given.
+    def commits(self, *, stop_at: str | None = None, at: str | None = None) -> list[CommitInfo]:
+        """refstore commits on ``main`` (or up to snapshot ``at``), oldest first, newer
+        than ``stop_at`` if given.
 
         Walking stops at ``stop_at``, so reconciling costs what was committed since.
         """
         found: list[CommitInfo] = []
-        for info in self._ancestry():
+        for info in self._ancestry(at):
             if stop_at is not None and info.id == stop_at:
                 break
             c = _commit_info(info)
@@ -372,9 +396,7 @@ class Store:
             raise StoreError(f"Writing to the repository failed: {e}") from e
         checkpoint("mid-write")
         try:
-            return str(
-                session.commit(message, metadata={METADATA_KEY: metadata}, rebase_with=None)
-            )
+            return str(session.commit(message, metadata={METADATA_KEY: metadata}, rebase_with=None))
         except icechunk.ConflictError as e:
             raise ConflictError(
                 f"Another writer committed to {self.url} during this sync: {e}"
@@ -403,14 +425,19 @@ def _rewrite(store: Any, ds: Any, concat_dim: str, start: int, new_length: int) 
             array.resize(tuple(shape))
     loaded = [n for n, v in ds.variables.items() if not isinstance(v.data, ManifestArray)]
     for name in loaded:
-        var, array = ds.variables[name], group[str(name)]
-        if var.dims != (concat_dim,) or not isinstance(array, zarr.Array):
+        var, node = ds.variables[name], group[str(name)]
+        if var.dims != (concat_dim,) or not isinstance(node, zarr.Array):
             raise StoreError(f"Cannot place loaded variable {name!r} with dims {var.dims}.")
+        array = node
         values = np.asarray(var.values)
         if np.issubdtype(values.dtype, np.datetime64):
             attrs = array.attrs
+            units, calendar = attrs.get("units"), attrs.get("calendar")
             values, _, _ = encode_cf_datetime(
-                values, attrs.get("units"), attrs.get("calendar"), dtype=array.dtype
+                values,
+                units if isinstance(units, str) else None,
+                calendar if isinstance(calendar, str) else None,
+                dtype=array.dtype,
             )
         array[start:new_length] = np.asarray(values).astype(array.dtype)
     region = {concat_dim: slice(start, new_length)}

@@ -1,33 +1,36 @@
 """``refstore sync``: wiring only.
 
-reconcile → discover → plan → virtualize (parallel) → admit → append + commit (one
-snapshot per batch) → ledger → export. The logic lives in :mod:`refstore.plan`,
-:mod:`refstore.admit`, :mod:`refstore.virtualize`; the I/O in :mod:`refstore.ledger`,
+reconcile → discover → plan → virtualize (parallel) → admit → write + commit (one
+snapshot per batch) → ledger → export. The rules live in :mod:`refstore.plan`,
+:mod:`refstore.admit` and :mod:`refstore.batch`; the I/O in :mod:`refstore.ledger`,
 :mod:`refstore.store` and :mod:`refstore.export`.
 
-Crash safety: the Icechunk commit is atomic and carries the granule keys; the ledger is
-updated after it and reconciled from the history at the start of every run, so a crash
-at any point neither loses nor duplicates a granule.
+Crash safety: the Icechunk commit is atomic and its metadata names every granule it
+placed; the ledger is updated after it and reconciled from the history at the start of
+every run, so a crash at any point neither loses nor duplicates a granule. Every
+``checkpoint`` below is a step boundary the fault-injection tests kill the process at.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from refstore.admit import admit, from_json_value, stable_attrs, to_json_value
+from refstore import batch as batching
+from refstore.admit import Admission, admit, from_json_value, stable_attrs
 from refstore.config import Config
-from refstore.executors import Result, virtualize_all
+from refstore.executors import Executor, Result, open_executor, virtualize_all
+from refstore.faults import checkpoint
 from refstore.ledger import Ledger
-from refstore.lock import store_lock
-from refstore.models import CommitInfo, Failure, Granule, Status, SyncResult
+from refstore.models import Failure, Granule, Placement, Status, SyncResult
 from refstore.plan import batches, plan_sync
 from refstore.sources import Source, source_for
+from refstore.storage import export_registry, store_options
 from refstore.store import Head, Store
-from refstore.virtualize import DatasetSpec, VirtualGranule, format_value
+from refstore.virtualize import DatasetSpec, VirtualGranule
 
 __all__ = ["ProgressFactory", "export_head", "reconcile", "sync"]
 
@@ -37,15 +40,6 @@ type ProgressFactory = Callable[[int, str], Callable[[Result], None]]
 
 RECONCILED = "reconciled_snapshot"
 EXPORTED = "exported_snapshot"
-DEFAULT_COORD_CHUNK = 1024
-
-
-def _fault(step: str) -> None:
-    """Test hook: ``REFSTORE_FAULT=<step>`` kills the process at that step boundary."""
-    if os.environ.get("REFSTORE_FAULT") == step:
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def reconcile(store: Store, ledger: Ledger) -> int:
@@ -61,139 +55,205 @@ def reconcile(store: Store, ledger: Ledger) -> int:
     return changed
 
 
-def _coord_chunk(config: Config, accepted: Sequence[VirtualGranule]) -> int:
-    """About a year of steps for the loaded concat coordinate (and manifest splits)."""
-    import numpy as np
-
-    if config.coord_chunk:
-        return config.coord_chunk
-    values = [
-        v
-        for vg in accepted
-        for v in np.atleast_1d(vg.dataset[config.concat_dim].values)
-        if config.concat_dim in vg.dataset.variables
-    ]
-    if len(values) >= 2 and isinstance(values[0], np.datetime64):
-        steps = np.diff(np.array(values, dtype="datetime64[ns]")).astype(np.int64)
-        step = float(np.median(steps[steps > 0])) if (steps > 0).any() else 0.0
-        if step > 0:
-            per_year = round(365.25 * 86400e9 / step)
-            return max(16, min(per_year, 100_000))
-    return DEFAULT_COORD_CHUNK
-
-
-def _combine(accepted: Sequence[VirtualGranule], concat_dim: str, append: bool) -> Any:
-    import xarray as xr
-
-    datasets = [vg.dataset for vg in accepted]
-    if len(datasets) == 1:
-        ds = datasets[0]
-    else:
-        ds = xr.concat(
-            datasets,
-            dim=concat_dim,
-            data_vars="minimal",
-            coords="minimal",
-            compat="override",
-            join="override",
-            combine_attrs="override",
-        )
-    if append:
-        # Variables without the concat dim were checked equal to the store's: do not
-        # rewrite them (an append would silently overwrite lat/lon for all past data).
-        static = [n for n, v in ds.variables.items() if concat_dim not in v.dims]
-        ds = ds.drop_vars(static)
-    return ds
-
-
-def _prepare_encoding(ds: Any, concat_dim: str, coord_chunk: int | None) -> None:
-    for name, var in ds.variables.items():
-        for key in ("preferred_chunks", "chunksizes"):
-            var.encoding.pop(key, None)
-        if name == concat_dim:
-            if coord_chunk is None:
-                var.encoding.pop("chunks", None)
-            else:
-                var.encoding["chunks"] = (coord_chunk,)
-
-
-def _coverage(first: Any, last: Any) -> dict[str, str]:
-    import numpy as np
-
-    if isinstance(first, np.datetime64) and isinstance(last, np.datetime64):
-        return {
-            "time_coverage_start": f"{format_value(first)}Z",
-            "time_coverage_end": f"{format_value(last)}Z",
-        }
-    return {}
-
-
-def _commit_batch(
-    store: Store,
-    config: Config,
-    accepted: Sequence[VirtualGranule],
-    signature: dict[str, Any],
-    head: Head | None,
-    run_id: str,
-) -> str:
-    concat_dim = config.concat_dim
-    append = head is not None
-    ds = _combine(accepted, concat_dim, append)
-    if append:
-        assert head is not None
-        _prepare_encoding(ds, concat_dim, None)
-        store_first = from_json_value(head.first) if head.first is not None else accepted[0].first
-        dropped = head.attrs_dropped
-        # Stable attributes stay as first written; only the coverage moves.
-        attrs = {k: v for k, v in store.root_attrs(head.snapshot).items() if k != "coordinates"}
-        length = head.length
-    else:
-        coord_chunk = _coord_chunk(config, accepted)
-        store.create(concat_dim, coord_chunk)
-        _prepare_encoding(ds, concat_dim, coord_chunk)
-        store_first = accepted[0].first
-        attrs, dropped = stable_attrs([vg.dataset.attrs for vg in accepted])
-        length = 0
-    store_last = accepted[-1].last
-    ds.attrs = {**attrs, **_coverage(store_first, store_last)}
-    offsets, n = [], length
-    for vg in accepted:
-        offsets.append(n)
-        n += vg.length
-    metadata = {
-        "version": 1,
-        "run_id": run_id,
-        "granules": [vg.granule.key for vg in accepted],
-        "revisions": [vg.granule.revision for vg in accepted],
-        "offsets": offsets,
-        "start": accepted[0].start,
-        "end": accepted[-1].end,
-        "store_first": to_json_value(store_first),
-        "store_last": to_json_value(store_last),
-        "store_length": n,
-        "signature": signature,
-        "attrs_dropped": list(dropped),
-    }
-    span = f"{accepted[0].start} .. {accepted[-1].end}" if accepted[0].start else ""
-    message = f"refstore sync: +{len(accepted)} granule(s) {span}".rstrip()
-    _fault("before-commit")
-    snapshot = store.write(
-        ds, append_dim=concat_dim if append else None, message=message, metadata=metadata
-    )
-    return snapshot
-
-
 def export_head(config: Config, store: Store, source: Source, ledger: Ledger) -> str:
     """Write the kerchunk Parquet export of the head snapshot; returns its path."""
     from refstore.export import build_refs, write_export
 
     head = store.head_snapshot()
     session = store.repo.readonly_session(snapshot_id=head)
-    refs = build_refs(session, source.registry(), store.native_chunks_prefix)
-    _fault("during-export")
-    path = write_export(refs, config.export, "parquet")
+    registry = export_registry(source.registry(), store.url, store.options)
+    refs = build_refs(session, registry, store.native_chunks_prefix)
+    path = write_export(refs, config.export, "parquet", options=store_options(config))
     ledger.set_meta(EXPORTED, head)
     return str(path)
+
+
+@dataclass
+class _Run:
+    """State of one sync run while its batches are processed."""
+
+    config: Config
+    store: Store
+    source: Source
+    ledger: Ledger
+    run_id: str
+    replaced: dict[str, str]
+    progress: Callable[[Result], None] | None
+    timings: dict[str, float] = field(default_factory=dict)
+    added: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    snapshots: list[str] = field(default_factory=list)
+    start: str | None = None
+    end: str | None = None
+    pool: Executor | None = None  # opened once per run, reused by every batch
+
+    @property
+    def spec(self) -> DatasetSpec:
+        c = self.config
+        return DatasetSpec(c.concat_dim, c.loadable_variables, c.drop_variables, c.group)
+
+    def _time(self, name: str, since: float) -> None:
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - since
+
+    def virtualize(self, granules: Sequence[Granule], on_done: Any = None) -> list[Result]:
+        c = self.config
+        return virtualize_all(
+            granules,
+            self.spec,
+            self.source,
+            executor=self.pool or c.executor,
+            workers=c.workers,
+            dask_address=c.dask_address,
+            on_done=on_done,
+        )
+
+    def process(self, todo: Sequence[Granule]) -> None:
+        t = time.perf_counter()
+        results = self.virtualize(todo, self.progress)
+        self._time("virtualize", t)
+        ok = [r for r in results if isinstance(r, VirtualGranule)]
+        failures = [r for r in results if isinstance(r, Failure)]
+        self.ledger.mark_virtualized(
+            [vg.granule.key for vg in ok], {vg.granule.key: (vg.start, vg.end) for vg in ok}
+        )
+        checkpoint("after-virtualization")
+        head = self.store.head() if self.store.exists() else None
+        admission = admit(
+            ok,
+            store_signature=head.signature if head else None,
+            store_last=from_json_value(head.last) if head else None,
+            store_length=head.length if head else 0,
+            replaced=self.replaced,
+            placements=self.ledger.placements,
+        )
+        failures += admission.rejected
+        if admission.rewrite_from is not None:
+            admission, tail_failures = self._reread_tail(admission)
+            failures += tail_failures
+        self.ledger.quarantine(failures, self.run_id)
+        self.failures += failures
+        if admission.accepted:
+            t = time.perf_counter()
+            self._commit(admission, head)
+            self._time("commit", t)
+
+    def _reread_tail(self, admission: Admission) -> tuple[Admission, list[Failure]]:
+        """Re-virtualize the committed granules after the insertion point.
+
+        Putting a granule in place rewrites the references from there to the end; the
+        committed ones come back from their sources (cost ∝ the tail, not the store).
+        If one cannot be re-read, the late/revised granules wait (quarantined with the
+        reason) and the plain appends still land.
+        """
+        tail = [p for p in admission.sequence if isinstance(p, Placement)]
+        reread = self.virtualize([Granule(p.key, p.url, p.revision) for p in tail])
+        problems = []
+        by_key: dict[str, VirtualGranule] = {}
+        for p, r in zip(tail, reread, strict=True):
+            if isinstance(r, Failure):
+                problems.append(f"{p.key} ({r.reason})")
+            elif r.length != p.length:
+                problems.append(f"{p.key} (now {r.length} steps, committed with {p.length})")
+            else:
+                by_key[p.key] = r
+        if not problems:
+            sequence = tuple(
+                by_key[item.key] if isinstance(item, Placement) else item
+                for item in admission.sequence
+            )
+            return Admission(
+                admission.accepted,
+                admission.rejected,
+                admission.signature,
+                admission.rewrite_from,
+                sequence,
+            ), []
+        moved = list(admission.accepted)
+        reason = "cannot be put in place: committed granule(s) after it could not be re-read: "
+        failures = [
+            Failure(vg.granule.key, f"{vg.granule.key}: {reason}{'; '.join(problems)}")
+            for vg in moved
+        ]
+        return Admission((), admission.rejected, admission.signature), failures
+
+    def _export_tail(self, head: Head, snapshot: str, sequence: Sequence[VirtualGranule]) -> None:
+        """Append this commit's refs to an export that holds its parent snapshot (cost ∝
+        the batch); otherwise the full export at the end of the run rewrites it."""
+        from refstore.export_incremental import append_export
+
+        if self.ledger.get_meta(EXPORTED) != head.snapshot:
+            return
+        t = time.perf_counter()
+        session = self.store.repo.readonly_session(snapshot_id=snapshot)
+        datasets = [vg.dataset for vg in sequence]
+        c = self.config
+        if append_export(c.export, session, datasets, c.concat_dim, head.length):
+            self.ledger.set_meta(EXPORTED, snapshot)
+        self._time("export", t)
+
+    def _commit(self, admission: Admission, head: Head | None) -> None:
+        c, store = self.config, self.store
+        accepted = admission.accepted
+        added_keys = [vg.granule.key for vg in accepted if vg.granule.key not in self.replaced]
+        replaced_keys = [vg.granule.key for vg in accepted if vg.granule.key in self.replaced]
+        if head is None:
+            mode, offset, sequence = "create", 0, list(accepted)
+            coord_chunk = batching.choose_coord_chunk(c.coord_chunk, accepted)
+            store.create(c.concat_dim, coord_chunk)
+            attrs, dropped = stable_attrs([vg.dataset.attrs for vg in accepted])
+            store_first = accepted[0].first
+        else:
+            coord_chunk = None
+            dropped = head.attrs_dropped
+            attrs = {k: v for k, v in store.root_attrs(head.snapshot).items() if k != "coordinates"}
+            store_first = from_json_value(head.first)
+            if admission.rewrite_from is None:
+                mode, offset, sequence = "append", head.length, list(accepted)
+            else:
+                mode, offset = "rewrite", admission.rewrite_from
+                sequence = [vg for vg in admission.sequence if isinstance(vg, VirtualGranule)]
+        placed = batching.placements(sequence, offset)
+        new_length = offset + sum(vg.length for vg in sequence)
+        firsts = [vg.first for vg in sequence if vg.first is not None]
+        if offset == 0 and firsts:
+            store_first = firsts[0]
+        store_last = sequence[-1].last
+        ds = batching.combine(sequence, c.concat_dim, drop_static=head is not None)
+        batching.prepare_encoding(ds, c.concat_dim, coord_chunk)
+        ds.attrs = {**attrs, **batching.coverage(store_first, store_last)}
+        metadata = batching.commit_metadata(
+            run_id=self.run_id,
+            placed=placed,
+            added=added_keys,
+            replaced=replaced_keys,
+            rewrite_from=admission.rewrite_from,
+            store_first=store_first,
+            store_last=store_last,
+            store_length=new_length,
+            signature=admission.signature,
+            attrs_dropped=dropped,
+        )
+        verb = {"create": "create", "append": "append", "rewrite": "place"}[mode]
+        span = f" {metadata['start']} .. {metadata['end']}" if metadata["start"] else ""
+        message = f"refstore sync: {verb} +{len(added_keys)} ~{len(replaced_keys)}{span}"
+        snapshot = store.write(
+            ds,
+            concat_dim=c.concat_dim,
+            mode=mode,
+            message=message,
+            metadata=metadata,
+            region_start=offset,
+            new_length=new_length,
+        )
+        checkpoint("after-commit")
+        self.ledger.apply_commits([batching.commit_info(snapshot, message, "", metadata)])
+        self.ledger.set_meta(RECONCILED, snapshot)
+        if mode == "append" and head is not None:
+            self._export_tail(head, snapshot, sequence)
+        self.snapshots.append(snapshot)
+        self.added += added_keys + replaced_keys
+        self.start = self.start or accepted[0].start
+        self.end = accepted[-1].end
 
 
 def sync(
@@ -204,7 +264,7 @@ def sync(
     progress: ProgressFactory | None = None,
     source: Source | None = None,
 ) -> SyncResult:
-    """Bring the store up to date with the source: one snapshot per batch of new granules.
+    """Bring the store up to date with the source: one snapshot per batch of changes.
 
     Parameters
     ----------
@@ -226,47 +286,63 @@ def sync(
         those granules are quarantined).
     """
     source = source or source_for(config)
-    timings: dict[str, float] = {}
-    with store_lock(config.ledger, wait=wait):
+    with store_lock_for(config, wait):
         ledger = Ledger(config.ledger)
         run_id = ledger.start_run()
-        store = Store(config.repo, (source.container(),), source)
+        store = Store(config.repo, (source.container(),), source, options=store_options(config))
         try:
             t0 = time.perf_counter()
             healed = reconcile(store, ledger)
             if healed:
                 log.info("reconciled %d granule(s) from the repository history", healed)
-            discovered = list(source.discover())
+            # An incremental source (CMR) lists only what changed since its high-water
+            # mark: nothing is "missing" then, and uncommitted rows are retried.
+            incremental = getattr(source, "incremental", False)
+            if incremental:
+                since = ledger.high_water(source.url)
+                discovered = list(source.discover(since=since))
+            else:
+                discovered = list(source.discover())
             rows = ledger.rows()
-            plan = plan_sync(discovered, rows)
-            # Committed granules changed upstream: their place is taken (until in-place
-            # replacement lands), so they are reported instead of appended again.
+            plan = plan_sync(discovered, rows, complete=not incremental)
+            if not incremental:
+                ledger.mark_missing(plan.missing)
+            # Committed granules revised upstream are re-read and replaced in place.
             replaced = {
                 g.key: rows[g.key].revision
                 for g in plan.revised
                 if rows[g.key].status is Status.COMMITTED
             }
-            timings["discover"] = time.perf_counter() - t0
-            _fault("after-discovery")
+            checkpoint("after-discovery")
             ledger.record_seen(plan.todo, run_id)
-            result = _run_batches(
-                config, store, source, ledger, plan.todo, replaced, run_id, progress, timings
-            )
-            added, failures, snapshots, start, end = result
-            if tag and snapshots:
-                store.tag(tag, snapshots[-1])
+            on_done = progress(len(plan.todo), "virtualizing") if progress and plan.todo else None
+            run = _Run(config, store, source, ledger, run_id, replaced, on_done)
+            run.timings["discover"] = time.perf_counter() - t0
+            with open_executor(
+                config.executor,
+                len(plan.todo),
+                workers=config.workers,
+                dask_address=config.dask_address,
+            ) as run.pool:
+                for chunk in batches(plan.todo, config.batch_size):
+                    run.process(chunk)
+            if incremental:  # every granule listed is now committed, quarantined or queued
+                marks = [g.modified for g in discovered if g.modified]
+                ledger.raise_high_water(source.url, max(marks, default=None))
+            if tag and run.snapshots:
+                store.tag(tag, run.snapshots[-1])
             export_path = None
             if store.exists() and ledger.get_meta(EXPORTED) != store.head_snapshot():
                 t = time.perf_counter()
                 export_path = export_head(config, store, source, ledger)
-                timings["export"] = time.perf_counter() - t
+                run.timings["export"] = time.perf_counter() - t
             ledger.finish_run(
                 run_id,
                 status="ok",
                 discovered=len(discovered),
-                added=len(added),
-                quarantined=len(failures),
-                snapshots=snapshots,
+                added=len(run.added),
+                quarantined=len(run.failures),
+                snapshots=run.snapshots,
             )
         except BaseException as e:
             ledger.finish_run(run_id, status="failed", error=f"{type(e).__name__}: {e}")
@@ -276,101 +352,19 @@ def sync(
     return SyncResult(
         run_id=run_id,
         discovered=len(discovered),
-        added=tuple(added),
-        quarantined=tuple(failures),
-        snapshots=tuple(snapshots),
+        added=tuple(run.added),
+        quarantined=tuple(run.failures),
+        snapshots=tuple(run.snapshots),
         missing=plan.missing,
-        start=start,
-        end=end,
+        start=run.start,
+        end=run.end,
         export=export_path,
-        timings=timings,
+        timings=run.timings,
     )
 
 
-def _run_batches(
-    config: Config,
-    store: Store,
-    source: Source,
-    ledger: Ledger,
-    todo: Sequence[Granule],
-    replaced: dict[str, str],
-    run_id: str,
-    progress: ProgressFactory | None,
-    timings: dict[str, float],
-) -> tuple[list[str], list[Failure], list[str], str | None, str | None]:
-    spec = DatasetSpec(
-        concat_dim=config.concat_dim,
-        loadable_variables=config.loadable_variables,
-        drop_variables=config.drop_variables,
-        group=config.group,
-    )
-    added: list[str] = []
-    failures: list[Failure] = []
-    snapshots: list[str] = []
-    start = end = None
-    on_done = progress(len(todo), "virtualizing") if progress and todo else None
-    for batch in batches(todo, config.batch_size):
-        t = time.perf_counter()
-        # A committed granule whose file changed upstream cannot be re-appended: its
-        # place is taken. Quarantine it loudly rather than serve changed bytes.
-        revised = [g for g in batch if g.key in replaced]
-        failures_now = [
-            Failure(
-                g.key,
-                f"{g.key}: revised upstream after it was committed "
-                f"(revision {replaced[g.key]} -> {g.revision}); the store keeps the "
-                "old references",
-            )
-            for g in revised
-        ]
-        fresh = [g for g in batch if g.key not in replaced]
-        results = virtualize_all(
-            fresh,
-            spec,
-            source,
-            executor=config.executor,
-            workers=config.workers,
-            dask_address=config.dask_address,
-            on_done=on_done,
-        )
-        timings["virtualize"] = timings.get("virtualize", 0.0) + time.perf_counter() - t
-        ok = [r for r in results if isinstance(r, VirtualGranule)]
-        failures_now += [r for r in results if isinstance(r, Failure)]
-        ledger.mark_virtualized(
-            [vg.granule.key for vg in ok], {vg.granule.key: (vg.start, vg.end) for vg in ok}
-        )
-        _fault("after-virtualization")
-        head = store.head() if store.exists() else None
-        admission = admit(
-            ok,
-            store_signature=head.signature if head else None,
-            store_last=from_json_value(head.last) if head else None,
-            store_values=lambda lo, hi: store.concat_values(config.concat_dim, lo, hi),
-        )
-        failures_now += admission.rejected
-        ledger.quarantine(failures_now, run_id)
-        failures += failures_now
-        if admission.accepted:
-            t = time.perf_counter()
-            accepted = admission.accepted
-            snapshot = _commit_batch(store, config, accepted, admission.signature, head, run_id)
-            timings["commit"] = timings.get("commit", 0.0) + time.perf_counter() - t
-            _fault("after-commit")
-            ledger.apply_commits(
-                [
-                    CommitInfo(
-                        snapshot=snapshot,
-                        message="",
-                        written_at="",
-                        granules=tuple(vg.granule.key for vg in accepted),
-                        revisions=tuple(vg.granule.revision for vg in accepted),
-                        run_id=run_id,
-                    )
-                ]
-            )
-            ledger.set_meta(RECONCILED, snapshot)
-            snapshots.append(snapshot)
-            added += [vg.granule.key for vg in accepted]
-            start = start or accepted[0].start
-            end = accepted[-1].end
-    return added, failures, snapshots, start, end
+def store_lock_for(config: Config, wait: float) -> Any:
+    """The lock that makes this run the store's only writer."""
+    from refstore.lock import store_lock
+
+    return store_lock(config.ledger, wait=wait)

@@ -1,0 +1,154 @@
+"""Exactly-once under crashes: a real `refstore sync` subprocess is SIGKILLed at every
+step boundary (REFSTORE_FAULT, read only here) and at random moments; after a rerun the
+ledger equals the repository history, every granule is in the store exactly once at its
+sorted place, and the export equals the head."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import refstore
+from refstore.api import open_store
+from refstore.config import Config, load_config, render_toml
+from refstore.faults import STEPS
+from refstore.ledger import Ledger
+from refstore.models import Status
+from refstore.synthetic import write_ccmp_like_series
+from tests.helpers import assert_same_values, direct_read
+
+
+def _setup(tmp_path: Path, n: int = 5) -> tuple[Config, list[Path], Path]:
+    files = write_ccmp_like_series(tmp_path / "archive", datetime(2024, 1, 1), n, nlat=8, nlon=16)
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    # serial: a process pool's start-up would dominate these small syncs
+    text = render_toml(source_url="incoming") + '[sync]\nexecutor = "serial"\n'
+    (tmp_path / "refstore.toml").write_text(text)
+    return load_config(tmp_path / "refstore.toml", environ={}), files, incoming
+
+
+def _sync_proc(cwd: Path, fault: str | None = None) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFSTORE_")}
+    if fault:
+        env["REFSTORE_FAULT"] = fault
+    return subprocess.Popen(
+        [sys.executable, "-m", "refstore", "sync", "--executor", "serial"],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def assert_consistent(config: Config, present: list[Path]) -> None:
+    """Ledger == history, each granule exactly once in order, export == head."""
+    store = open_store(config)
+    ledger = Ledger(config.ledger)
+    rows = ledger.rows()
+    names = sorted(p.name for p in present)
+    assert sorted(k for k, r in rows.items() if r.status is Status.COMMITTED) == names
+    history = {c.snapshot for c, _ in store.log()}
+    assert all(rows[k].snapshot in history for k in names)
+    head = refstore.open_dataset(config).load()
+    expected = direct_read(sorted(present))
+    assert_same_values(head, expected)
+    times = head.time.values
+    assert len(np.unique(times)) == len(times) and bool(
+        np.all(np.diff(times) > np.timedelta64(0, "ns"))
+    )
+    placed = {p.key: (p.offset, p.length) for p in ledger.placements()}
+    assert placed == {p.name: (4 * i, 4) for i, p in enumerate(sorted(present))}
+    assert_same_values(refstore.open_dataset(config, source="export").load(), head)
+    ledger.close()
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_kill_at_each_step_then_rerun(tmp_path: Path, step: str) -> None:
+    config, files, incoming = _setup(tmp_path)
+    for f in (files[0], files[2]):
+        (incoming / f.name).write_bytes(f.read_bytes())
+    proc = _sync_proc(tmp_path)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    # new arrivals: one late (goes in place), two appended
+    for f in (files[1], files[3], files[4]):
+        (incoming / f.name).write_bytes(f.read_bytes())
+    proc = _sync_proc(tmp_path, fault=step)
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, f"the {step} fault did not fire"
+    proc = _sync_proc(tmp_path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert_consistent(config, files)
+    again = _sync_proc(tmp_path)
+    out, _ = again.communicate(timeout=120)
+    assert "up to date" in out
+
+
+def _random_kill_trial(tmp_path: Path, seed: int) -> dict[str, float | int]:
+    rnd = random.Random(seed)
+    config, files, incoming = _setup(tmp_path / f"t{seed}", n=6)
+    arrived: list[Path] = []
+    kills = 0
+    order = files[:]
+    rnd.shuffle(order)
+    for f in order:
+        (incoming / f.name).write_bytes(f.read_bytes())
+        arrived.append(f)
+        proc = _sync_proc(config_dir := Path(config.root))
+        time.sleep(rnd.uniform(0.0, 2.5))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.communicate(timeout=120)
+    final = _sync_proc(config_dir)
+    _, err = final.communicate(timeout=120)
+    assert final.returncode == 0, err
+    assert_consistent(config, arrived)
+    return {"seed": seed, "kills": kills, "granules": len(arrived)}
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_random_kills_recover(tmp_path: Path, seed: int) -> None:
+    _random_kill_trial(tmp_path, seed)
+
+
+@pytest.mark.slow
+def test_random_kills_soak(tmp_path: Path) -> None:
+    """Many seeds; prints a JSON summary line for the operations notes."""
+    trials = [
+        _random_kill_trial(tmp_path, seed)
+        for seed in range(100, 100 + int(os.environ.get("REFSTORE_SOAK_TRIALS", "30")))
+    ]
+    print(json.dumps({"trials": len(trials), "kills": sum(int(t["kills"]) for t in trials)}))
+
+
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(order=st.permutations(range(5)), cuts=st.sets(st.integers(1, 4), max_size=3))
+def test_any_arrival_order_equals_sorted_arrival(tmp_path_factory, order, cuts) -> None:  # type: ignore[no-untyped-def]
+    tmp = tmp_path_factory.mktemp("order")
+    config, files, incoming = _setup(tmp)
+    arrivals = np.split(np.array(order), sorted(cuts))
+    for group in arrivals:
+        for i in group:
+            f = files[int(i)]
+            (incoming / f.name).write_bytes(f.read_bytes())
+        result = refstore.sync(config)
+        assert result.quarantined == ()
+    assert_consistent(config, files)
