@@ -230,3 +230,25 @@ def test_revised_granule_is_replaced_in_place(make_config, arrive, ccmp_archive,
     assert statuses[0][1] != statuses[2][1]
     old = refstore.open_dataset(config, at=first)
     assert old.sizes["time"] == 12
+
+
+def test_late_granule_waits_when_the_tail_cannot_be_reread(make_config, arrive,
+                                                           ccmp_archive) -> None:
+    config = make_config()
+    files = ccmp_archive(4)
+    copies = arrive(files[0], files[2])
+    refstore.sync(config)
+    before = refstore.open_dataset(config).load()
+    copies[1].unlink()  # the committed day after the gap vanished upstream
+    arrive(files[1], files[3])  # the late day, and a normal next day
+    result = refstore.sync(config)
+    reasons = {f.key: f.reason for f in result.quarantined}
+    assert "cannot be put in place" in reasons[files[1].name]
+    assert files[2].name in reasons[files[1].name]
+    assert result.added == (files[3].name,)  # the plain append still lands
+    after = refstore.open_dataset(config)
+    assert after.sizes["time"] == 12
+    assert_same_values(after.isel(time=slice(0, 4)).load(), before.isel(time=slice(0, 4)))
+    assert_same_values(after.isel(time=slice(8, 12)).load(), direct_read([files[3]]))
+    # the vanished day's references stay; reading them fails loudly, not silently
+    np.testing.assert_array_equal(after.time.values[4:8], before.time.values[4:8])

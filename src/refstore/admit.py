@@ -25,6 +25,7 @@ __all__ = [
     "Admission",
     "admit",
     "from_json_value",
+    "order_key",
     "stable_attrs",
     "to_json_value",
 ]
@@ -104,7 +105,7 @@ def _chunk_problem(vg: VirtualGranule) -> str | None:
     return None
 
 
-def _order(value: Any) -> Any:
+def order_key(value: Any) -> Any:
     """A concat value as a plain comparable number (datetimes as int nanoseconds)."""
     if isinstance(value, np.datetime64):
         return int(value.astype("datetime64[ns]").astype(np.int64))
@@ -114,7 +115,7 @@ def _order(value: Any) -> Any:
 
 
 def _sort_key(vg: VirtualGranule) -> tuple[int, Any, str]:
-    first = _order(vg.first)
+    first = order_key(vg.first)
     return (first is None, first if first is not None else 0, vg.granule.key)
 
 
@@ -143,7 +144,7 @@ class _Slot:
 
 def _placed_slot(p: Placement) -> _Slot:
     first, last = _placed_value(p.first), _placed_value(p.last)
-    return _Slot(_order(first), _order(last), p.length, p)
+    return _Slot(order_key(first), order_key(last), p.length, p)
 
 
 def _insert(timeline: list[_Slot], slot: _Slot) -> str | None:
@@ -213,14 +214,14 @@ def admit(
 
     appends: list[VirtualGranule] = []
     placed: list[VirtualGranule] = []  # late, out-of-order or revised
-    last = _order(store_last)
+    last = order_key(store_last)
     for vg in good:
-        first = _order(vg.first)
+        first = order_key(vg.first)
         if vg.granule.key in replaced:
             placed.append(vg)
         elif first is None or last is None or first > last:
             appends.append(vg)
-            last = _order(vg.last) if vg.last is not None else last
+            last = order_key(vg.last) if vg.last is not None else last
         else:
             placed.append(vg)
     if not placed:
@@ -246,7 +247,7 @@ def admit(
     keep_old = {p.key: _placed_slot(p) for p in existing if p.key in replacing}
     accepted: list[VirtualGranule] = []
     for vg in sorted(placed + appends, key=_sort_key):
-        problem = _insert(timeline, _Slot(_order(vg.first), _order(vg.last), vg.length, vg))
+        problem = _insert(timeline, _Slot(order_key(vg.first), order_key(vg.last), vg.length, vg))
         if problem is None:
             accepted.append(vg)
             keep_old.pop(vg.granule.key, None)

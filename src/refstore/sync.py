@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from refstore import batch as batching
-from refstore.admit import Admission, admit, from_json_value, stable_attrs
+from refstore.admit import Admission, admit, from_json_value, order_key, stable_attrs
 from refstore.config import Config
 from refstore.executors import Executor, Result, open_executor, virtualize_all
 from refstore.faults import checkpoint
 from refstore.ledger import Ledger
+from refstore.lock import store_lock
 from refstore.models import Failure, Granule, Placement, Status, SyncResult
 from refstore.plan import batches, plan_sync
 from refstore.sources import Source, source_for
@@ -128,7 +129,8 @@ class _Run:
         )
         failures += admission.rejected
         if admission.rewrite_from is not None:
-            admission, tail_failures = self._reread_tail(admission)
+            store_last = from_json_value(head.last) if head else None
+            admission, tail_failures = self._reread_tail(admission, store_last)
             failures += tail_failures
         self.ledger.quarantine(failures, self.run_id)
         self.failures += failures
@@ -137,7 +139,9 @@ class _Run:
             self._commit(admission, head)
             self._time("commit", t)
 
-    def _reread_tail(self, admission: Admission) -> tuple[Admission, list[Failure]]:
+    def _reread_tail(
+        self, admission: Admission, store_last: Any
+    ) -> tuple[Admission, list[Failure]]:
         """Re-virtualize the committed granules after the insertion point.
 
         Putting a granule in place rewrites the references from there to the end; the
@@ -168,13 +172,20 @@ class _Run:
                 admission.rewrite_from,
                 sequence,
             ), []
-        moved = list(admission.accepted)
+        last = order_key(store_last)
+        appends = [
+            vg
+            for vg in admission.accepted
+            if vg.granule.key not in self.replaced
+            and (vg.first is None or last is None or order_key(vg.first) > last)
+        ]
         reason = "cannot be put in place: committed granule(s) after it could not be re-read: "
         failures = [
             Failure(vg.granule.key, f"{vg.granule.key}: {reason}{'; '.join(problems)}")
-            for vg in moved
+            for vg in admission.accepted
+            if vg not in appends
         ]
-        return Admission((), admission.rejected, admission.signature), failures
+        return Admission(tuple(appends), admission.rejected, admission.signature), failures
 
     def _export_tail(self, head: Head, snapshot: str, sequence: Sequence[VirtualGranule]) -> None:
         """Append this commit's refs to an export that holds its parent snapshot (cost ∝
@@ -286,7 +297,7 @@ def sync(
         those granules are quarantined).
     """
     source = source or source_for(config)
-    with store_lock_for(config, wait):
+    with store_lock(config.ledger, wait=wait):
         ledger = Ledger(config.ledger)
         run_id = ledger.start_run()
         store = Store(config.repo, (source.container(),), source, options=store_options(config))
@@ -361,10 +372,3 @@ def sync(
         export=export_path,
         timings=run.timings,
     )
-
-
-def store_lock_for(config: Config, wait: float) -> Any:
-    """The lock that makes this run the store's only writer."""
-    from refstore.lock import store_lock
-
-    return store_lock(config.ledger, wait=wait)
