@@ -232,8 +232,9 @@ def test_revised_granule_is_replaced_in_place(make_config, arrive, ccmp_archive,
     assert old.sizes["time"] == 12
 
 
-def test_late_granule_waits_when_the_tail_cannot_be_reread(make_config, arrive,
-                                                           ccmp_archive) -> None:
+def test_late_granule_waits_when_the_tail_cannot_be_reread(
+    make_config, arrive, ccmp_archive
+) -> None:
     config = make_config()
     files = ccmp_archive(4)
     copies = arrive(files[0], files[2])
