@@ -94,6 +94,28 @@ def ccmp_archive(tmp_path: Path) -> Callable[..., list[Path]]:
     return write
 
 
+@pytest.fixture
+def loopback_only() -> Iterator[None]:
+    """Refuse Python-level traffic off 127.0.0.1 and forget cached credentials."""
+    from refstore.credentials import _MEMORY
+    from tests.servers import no_external_network
+
+    _MEMORY.forget()
+    with no_external_network() as blocked:
+        yield
+    _MEMORY.forget()
+    assert blocked == [], f"traffic tried to leave 127.0.0.1: {blocked}"
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[Any]:
+    """A moto S3 server on 127.0.0.1, shared by a test module."""
+    from tests.servers import MotoS3Server
+
+    with MotoS3Server() as s3:
+        yield s3
+
+
 def run_cli(
     *args: str, cwd: Path, env: dict[str, str] | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:

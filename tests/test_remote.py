@@ -16,7 +16,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,6 @@ import pytest
 
 import refstore
 from refstore.config import load_config
-from refstore.credentials import _MEMORY
 from refstore.sources import source_for
 from refstore.sources.earthdata import EarthdataSource
 from tests.conftest import run_cli
@@ -51,7 +50,6 @@ from tests.servers import (
     MotoS3Server,
     RangeHTTPServer,
     granule_item,
-    no_external_network,
 )
 from tests.servers.cmr import recorded_files
 
@@ -60,19 +58,9 @@ TELLUS = "earthaccess/TELLUS_GRAC_L3_JPL_RL06_LND_v04.granules.umm_json.page_siz
 TELLUS_SHORT_NAME = "TELLUS_GRAC_L3_JPL_RL06_LND_v04"
 
 
-@pytest.fixture(autouse=True)
-def _loopback_only() -> Iterator[None]:
-    _MEMORY.forget()
-    with no_external_network() as blocked:
-        yield
-    _MEMORY.forget()
-    assert blocked == [], f"traffic tried to leave 127.0.0.1: {blocked}"
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoS3Server]:
-    with MotoS3Server() as s3:
-        yield s3
+# Every test here runs with Python-level traffic off loopback refused and no cached
+# credential leaking between tests (fixtures in conftest.py).
+pytestmark = pytest.mark.usefixtures("loopback_only")
 
 
 @pytest.fixture

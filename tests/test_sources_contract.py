@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from refstore.config import load_config
-from refstore.credentials import _MEMORY
 from refstore.models import Granule
 from refstore.sources import Source, source_for
 from refstore.sources.base import kind_of
@@ -39,24 +38,14 @@ from tests.servers import (
     EarthdataAuthServer,
     MotoS3Server,
     RangeHTTPServer,
-    no_external_network,
 )
 
 type Change = Callable[[Granule], None]
 
 
-@pytest.fixture(autouse=True)
-def _loopback_only() -> Iterator[None]:
-    with no_external_network() as blocked:
-        yield
-    _MEMORY.forget()
-    assert blocked == [], f"traffic tried to leave 127.0.0.1: {blocked}"
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoS3Server]:
-    with MotoS3Server() as s3:
-        yield s3
+# Every test here runs with Python-level traffic off loopback refused and no cached
+# credential leaking between tests (fixtures in conftest.py).
+pytestmark = pytest.mark.usefixtures("loopback_only")
 
 
 @pytest.fixture
