@@ -8,14 +8,16 @@ py_ok() { "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)
 
 find_python() {
   local c
-  for c in "${REFSTORE_PYTHON:-}" python3.13 python3.12 python3; do
+  for c in "${REFSTORE_PYTHON:-}" python3.12 python3.13 python3; do
     [ -n "$c" ] && command -v "$c" >/dev/null 2>&1 && py_ok "$(command -v "$c")" && { command -v "$c"; return 0; }
   done
   local roots=()
   command -v pyenv >/dev/null 2>&1 && roots+=("$(pyenv root)/versions")
   roots+=("$HOME/.pyenv/versions" "/root/.pyenv/versions" "/usr/local/bin" "/opt/python")
   for r in "${roots[@]}"; do
-    for c in $(ls -d "$r"/3.1[2-9]*/bin/python3 "$r"/python3.1[2-9] 2>/dev/null | sort -rV); do
+    # 3.12 first: the stack's tested pins (icechunk 2.3, virtualizarr 2.8) were measured on it.
+    for c in $(ls -d "$r"/3.12*/bin/python3 "$r"/python3.12 2>/dev/null | sort -rV) \
+             $(ls -d "$r"/3.1[3-9]*/bin/python3 "$r"/python3.1[3-9] 2>/dev/null | sort -rV); do
       py_ok "$c" && { echo "$c"; return 0; }
     done
   done

@@ -63,7 +63,8 @@ def test_drift_is_quarantined_with_both_values(
     assert failure.reason.startswith(f"{case}.nc: ") and needle in failure.reason, failure
     assert result.added == ()
     assert_same_values(refstore.open_dataset(config).load(), before)
-    row = Ledger(config.ledger).rows()[f"{case}.nc"]
+    with Ledger(config.ledger) as ledger:
+        row = ledger.rows()[f"{case}.nc"]
     assert row.status is Status.QUARANTINED and row.reason == failure.reason
 
 

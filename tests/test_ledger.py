@@ -15,9 +15,11 @@ from refstore.models import CommitInfo, Failure, Granule, Status
 def test_migrations_recorded_once(tmp_path: Path) -> None:
     path = tmp_path / "l.db"
     Ledger(path).close()
-    ledger = Ledger(path)
-    assert ledger.migrations == ["001_initial", "002_placement"]
-    names = {r[0] for r in sqlite3.connect(path).execute("select name from sqlite_master")}
+    with Ledger(path) as ledger:
+        assert ledger.migrations == ["001_initial", "002_placement"]
+    conn = sqlite3.connect(path)
+    names = {r[0] for r in conn.execute("select name from sqlite_master")}
+    conn.close()
     assert {"granules", "history", "runs", "meta", "migrations"} <= names
 
 
@@ -42,6 +44,7 @@ def test_lifecycle_and_history(tmp_path: Path) -> None:
     assert ledger.requeue_quarantined() == ["b"]
     ledger.finish_run(run, status="ok", added=1)
     assert ledger.runs()[0]["status"] == "ok"
+    ledger.close()
 
 
 def test_commits_rebuild_a_lost_ledger(tmp_path: Path) -> None:
@@ -49,6 +52,7 @@ def test_commits_rebuild_a_lost_ledger(tmp_path: Path) -> None:
     n = ledger.apply_commits([CommitInfo("S", "m", "t", ("x", "y"), ("1", "2"))])
     assert n == 2 and {r.status for r in ledger.rows().values()} == {Status.COMMITTED}
     assert ledger.apply_commits([CommitInfo("S", "m", "t", ("x", "y"), ("1", "2"))]) == 0
+    ledger.close()
 
 
 def test_a_file_that_is_not_sqlite_is_a_clear_error(tmp_path: Path) -> None:
@@ -65,3 +69,4 @@ def test_failed_transaction_rolls_back(tmp_path: Path) -> None:
     with pytest.raises(AttributeError):
         ledger.record_seen([Granule("a", "u", "r"), object()], run)  # type: ignore[list-item]
     assert ledger.rows() == {}
+    ledger.close()

@@ -135,8 +135,8 @@ def test_bad_granule_is_quarantined_and_rest_lands(
     assert set(reasons) == {"zz_truncated.nc", "notes.nc"}
     assert "not an HDF5/NetCDF4 or NetCDF-3 file" in reasons["notes.nc"]
     assert reasons["zz_truncated.nc"].startswith("zz_truncated.nc: ")
-    ledger = Ledger(config.ledger)
-    rows = ledger.rows()
+    with Ledger(config.ledger) as ledger:
+        rows = ledger.rows()
     assert rows["notes.nc"].status is Status.QUARANTINED
     assert rows[files[0].name].status is Status.COMMITTED
     # a quarantined granule is not retried until it changes or `retry` is asked for
@@ -167,7 +167,8 @@ def test_late_granule_lands_in_place_and_duplicate_is_quarantined(
     commits = open_store(config).commits()
     assert commits[-1].granules == tuple(f.name for f in files[1:])  # rewritten tail
     # the ledger knows where every granule sits now
-    placed = {p.key: p.offset for p in Ledger(config.ledger).placements()}
+    with Ledger(config.ledger) as ledger:
+        placed = {p.key: p.offset for p in ledger.placements()}
     assert placed == {f.name: 4 * i for i, f in enumerate(files)}
 
 
@@ -203,7 +204,8 @@ def test_crash_after_commit_heals_on_next_run(make_config, arrive, ccmp_archive)
         p.unlink()
     result = refstore.sync(config)
     assert result.up_to_date
-    rows = Ledger(config.ledger).rows()
+    with Ledger(config.ledger) as ledger:
+        rows = ledger.rows()
     assert {r.status for r in rows.values()} == {Status.COMMITTED}
     assert refstore.open_dataset(config).sizes["time"] == 8
 
@@ -225,7 +227,8 @@ def test_revised_granule_is_replaced_in_place(make_config, arrive, ccmp_archive,
     assert_same_values(after, direct_read([files[0], revised, files[2]]))
     assert not np.array_equal(after.uwnd.values[4:8], before.uwnd.values[4:8])
     # history: both revisions in the ledger; the old snapshot keeps the old references
-    statuses = [(h["status"], h["revision"]) for h in Ledger(config.ledger).history(files[1].name)]
+    with Ledger(config.ledger) as ledger:
+        statuses = [(h["status"], h["revision"]) for h in ledger.history(files[1].name)]
     assert [s for s, _ in statuses] == ["committed", "new", "committed"]
     assert statuses[0][1] != statuses[2][1]
     old = refstore.open_dataset(config, at=first)

@@ -135,6 +135,8 @@ class Ledger:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
         except sqlite3.DatabaseError as e:
+            if "conn" in locals():
+                conn.close()
             raise StoreError(
                 f"Cannot open the ledger {self.path}: {e}.",
                 "Point [store] ledger at a writable path; a corrupt ledger can be deleted "
@@ -160,6 +162,12 @@ class Ledger:
     def close(self) -> None:
         """Close the connection."""
         self.db.conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def migrations(self) -> list[str]:
