@@ -136,8 +136,10 @@ class _Run:
         self.failures += failures
         if admission.accepted:
             t = time.perf_counter()
-            self._commit(admission, head)
+            snapshot, appended = self._commit(admission, head)
             self._time("commit", t)
+            if head is not None and appended:
+                self._export_tail(head, snapshot, appended)
 
     def _reread_tail(
         self, admission: Admission, store_last: Any
@@ -202,7 +204,8 @@ class _Run:
             self.ledger.set_meta(EXPORTED, snapshot)
         self._time("export", t)
 
-    def _commit(self, admission: Admission, head: Head | None) -> None:
+    def _commit(self, admission: Admission, head: Head | None) -> tuple[str, list[VirtualGranule]]:
+        """Write and commit one batch; returns the snapshot and what was appended."""
         c, store = self.config, self.store
         accepted = admission.accepted
         added_keys = [vg.granule.key for vg in accepted if vg.granule.key not in self.replaced]
@@ -259,12 +262,11 @@ class _Run:
         checkpoint("after-commit")
         self.ledger.apply_commits([batching.commit_info(snapshot, message, "", metadata)])
         self.ledger.set_meta(RECONCILED, snapshot)
-        if mode == "append" and head is not None:
-            self._export_tail(head, snapshot, sequence)
         self.snapshots.append(snapshot)
         self.added += added_keys + replaced_keys
         self.start = self.start or accepted[0].start
         self.end = accepted[-1].end
+        return snapshot, sequence if mode == "append" else []
 
 
 def sync(
