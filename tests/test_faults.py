@@ -14,6 +14,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from refstore.config import Config, load_config, render_toml
 from refstore.faults import STEPS
 from refstore.ledger import Ledger
 from refstore.models import Status
+from refstore.sync import EXPORTED, RECONCILED
 from refstore.synthetic import write_ccmp_like_series
 from tests.helpers import assert_same_values, direct_read
 
@@ -99,27 +101,54 @@ def test_kill_at_each_step_then_rerun(tmp_path: Path, step: str) -> None:
     assert "up to date" in out
 
 
-def _random_kill_trial(tmp_path: Path, seed: int) -> dict[str, float | int]:
+def _phase_of_kill(config: Config, runs_before: int, head_before: str | None) -> str:
+    """Where a killed run died, read from what it left behind."""
+    store = open_store(config)
+    with Ledger(config.ledger) as ledger:
+        runs = len(ledger.runs(limit=1000))
+        reconciled = ledger.get_meta(RECONCILED)
+        exported = ledger.get_meta(EXPORTED)
+    head = store.head_snapshot() if store.exists() else None
+    if runs == runs_before:
+        return "start-up"  # before the run was recorded (imports, config, lock)
+    if head == head_before:
+        return "before-commit"  # discovery, virtualization or the uncommitted write
+    if reconciled != head:
+        return "commit-to-ledger"
+    if exported != head:
+        return "export"
+    return "after-export"
+
+
+def _random_kill_trial(tmp_path: Path, seed: int) -> dict[str, Any]:
     rnd = random.Random(seed)
     config, files, incoming = _setup(tmp_path / f"t{seed}", n=6)
     arrived: list[Path] = []
-    kills = 0
+    phases: dict[str, int] = {}
     order = files[:]
     rnd.shuffle(order)
+    config_dir = Path(config.root)
     for f in order:
         (incoming / f.name).write_bytes(f.read_bytes())
         arrived.append(f)
-        proc = _sync_proc(config_dir := Path(config.root))
+        with Ledger(config.ledger) as ledger:
+            runs_before = len(ledger.runs(limit=1000))
+        store = open_store(config)
+        head_before = store.head_snapshot() if store.exists() else None
+        proc = _sync_proc(config_dir)
         time.sleep(rnd.uniform(0.0, 2.5))
-        if proc.poll() is None:
+        killed = proc.poll() is None
+        if killed:
             proc.send_signal(signal.SIGKILL)
-            kills += 1
         proc.communicate(timeout=120)
+        if killed:
+            phase = _phase_of_kill(config, runs_before, head_before)
+            phases[phase] = phases.get(phase, 0) + 1
     final = _sync_proc(config_dir)
     _, err = final.communicate(timeout=120)
     assert final.returncode == 0, err
     assert_consistent(config, arrived)
-    return {"seed": seed, "kills": kills, "granules": len(arrived)}
+    return {"seed": seed, "kills": sum(phases.values()), "phases": phases}
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -130,11 +159,14 @@ def test_random_kills_recover(tmp_path: Path, seed: int) -> None:
 @pytest.mark.slow
 def test_random_kills_soak(tmp_path: Path) -> None:
     """Many seeds; prints a JSON summary line for the operations notes."""
-    trials = [
-        _random_kill_trial(tmp_path, seed)
-        for seed in range(100, 100 + int(os.environ.get("REFSTORE_SOAK_TRIALS", "30")))
-    ]
-    print(json.dumps({"trials": len(trials), "kills": sum(int(t["kills"]) for t in trials)}))
+    n = int(os.environ.get("REFSTORE_SOAK_TRIALS", "30"))
+    trials = [_random_kill_trial(tmp_path, seed) for seed in range(100, 100 + n)]
+    phases: dict[str, int] = {}
+    for t in trials:
+        for phase, k in t["phases"].items():
+            phases[phase] = phases.get(phase, 0) + k
+    summary = {"trials": len(trials), "kills": sum(t["kills"] for t in trials), "by_phase": phases}
+    print(json.dumps(summary))
 
 
 @settings(
