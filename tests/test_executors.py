@@ -3,10 +3,13 @@ results, in order, with one progress call per granule; only the main process wri
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -153,3 +156,43 @@ def test_choose_executor() -> None:
     assert choose_executor("serial", 100, 2, "tcp://127.0.0.1:8786") == "serial"
     with pytest.raises(ConfigError):
         open_executor("threads", 10)
+
+
+class _PoisonRegistry:
+    """Kills the worker process (as an OOM or a crash in libhdf5 would) on one URL."""
+
+    def __init__(self, inner: Any, poison: str) -> None:
+        self.inner, self.poison = inner, poison
+
+    def resolve(self, url: str) -> Any:
+        if self.poison in url:
+            os._exit(3)
+        return self.inner.resolve(url)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@dataclass(frozen=True, slots=True)
+class _PoisonSource(LocalSource):
+    poison: str = ""
+
+    def registry(self) -> Any:
+        return _PoisonRegistry(LocalSource.registry(self), self.poison)
+
+
+def test_a_dying_worker_fails_its_granule_and_the_pool_recovers(
+    folder: Path, granules: list[Granule], serial: list[object]
+) -> None:
+    poison = granules[2].key
+    source = _PoisonSource(str(folder), poison=poison)
+    with open_executor("processes", len(granules), workers=2) as pool:
+        first = virtualize_all(granules, SPEC, source, executor=pool)
+        # the next batch on the same executor runs on a fresh pool
+        second = virtualize_all(granules[:2], SPEC, LocalSource(str(folder)), executor=pool)
+    dead = first[2]
+    assert isinstance(dead, Failure) and "worker process died" in dead.reason
+    assert dead.reason.startswith(poison)
+    survivors = [r for i, r in enumerate(first) if i != 2 and isinstance(r, VirtualGranule)]
+    assert survivors, "innocent granules in flight are resubmitted once"
+    assert _summary(second) == _summary(serial[:2])

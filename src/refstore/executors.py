@@ -131,9 +131,9 @@ class PoolExecutor(_Base):
         # once and resubmit them; only on a second break are they recorded as failures.
         for attempt in range(2):
             broken = self._round(granules, pending, spec, source, on_done, results, attempt)
-            if not broken:
+            if broken is None:
                 break
-            self.close()
+            self.close()  # a broken pool never recovers: the next round or batch starts anew
             pending = broken
         return [results[i] for i in range(len(granules))]
 
@@ -146,27 +146,45 @@ class PoolExecutor(_Base):
         on_done: OnDone,
         results: dict[int, Result],
         attempt: int,
-    ) -> list[int]:
+    ) -> list[int] | None:
+        """One pass over ``indices``; returns those to resubmit if the pool broke."""
         from concurrent.futures import as_completed
         from concurrent.futures.process import BrokenProcessPool
 
         pool = self._start()
-        futures = {pool.submit(virtualize_granule, granules[i], spec, source): i for i in indices}
+        futures: dict[Any, int] = {}
         broken: list[int] = []
+        saw_break = False
+
+        def died(i: int, e: BaseException) -> None:
+            if attempt == 0:
+                broken.append(i)
+                return
+            r = _failure(granules[i], "worker process died", e)
+            on_done(r)
+            results[i] = r
+
+        for n, i in enumerate(indices):
+            try:
+                futures[pool.submit(virtualize_granule, granules[i], spec, source)] = i
+            except BrokenProcessPool as e:  # the pool broke while work was being queued
+                saw_break = True
+                for j in indices[n:]:
+                    died(j, e)
+                break
         for fut in as_completed(futures):
             i = futures[fut]
             try:
                 r = fut.result()
             except BrokenProcessPool as e:
-                if attempt == 0:
-                    broken.append(i)
-                    continue
-                r = _failure(granules[i], "worker process died", e)
+                saw_break = True
+                died(i, e)
+                continue
             except Exception as e:  # an unpicklable result, a worker-side crash
                 r = _failure(granules[i], "worker failed", e)
             on_done(r)
             results[i] = r
-        return broken
+        return broken if saw_break else None
 
     def close(self) -> None:
         if self._pool is not None:
