@@ -26,6 +26,7 @@ __all__ = [
     "admit",
     "from_json_value",
     "order_key",
+    "placed_value",
     "stable_attrs",
     "to_json_value",
 ]
@@ -119,7 +120,8 @@ def _sort_key(vg: VirtualGranule) -> tuple[int, Any, str]:
     return (first is None, first if first is not None else 0, vg.granule.key)
 
 
-def _placed_value(text: str | None) -> Any:
+def placed_value(text: str | None) -> Any:
+    """A :class:`Placement` first/last JSON text back as a concat value."""
     return from_json_value(json.loads(text)) if text else None
 
 
@@ -139,11 +141,11 @@ class _Slot:
     def shown(self, which: str) -> str | None:
         if isinstance(self.item, VirtualGranule):
             return format_value(self.item.first if which == "first" else self.item.last)
-        return format_value(_placed_value(self.item.first if which == "first" else self.item.last))
+        return format_value(placed_value(self.item.first if which == "first" else self.item.last))
 
 
 def _placed_slot(p: Placement) -> _Slot:
-    first, last = _placed_value(p.first), _placed_value(p.last)
+    first, last = placed_value(p.first), placed_value(p.last)
     return _Slot(order_key(first), order_key(last), p.length, p)
 
 

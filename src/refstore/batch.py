@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from refstore.admit import to_json_value
+from refstore.admit import placed_value, to_json_value
 from refstore.models import CommitInfo, Placement
 from refstore.virtualize import VirtualGranule, format_value
 
@@ -145,8 +145,8 @@ def commit_metadata(
         "lengths": [p.length for p in placed],
         "firsts": [p.first for p in placed],
         "lasts": [p.last for p in placed],
-        "start": format_value(_decode(placed[0].first)) if placed else None,
-        "end": format_value(_decode(placed[-1].last)) if placed else None,
+        "start": format_value(placed_value(placed[0].first)) if placed else None,
+        "end": format_value(placed_value(placed[-1].last)) if placed else None,
         "added": list(added),
         "replaced": list(replaced),
         "rewrite_from": rewrite_from,
@@ -185,14 +185,8 @@ def commit_info(snapshot: str, message: str, written_at: str, meta: dict[str, An
         written_at=written_at,
         granules=keys,
         revisions=revisions,
-        start=meta.get("start") or (format_value(_decode(firsts[0])) if firsts else None),
-        end=meta.get("end") or (format_value(_decode(placed[-1].last)) if placed else None),
+        start=meta.get("start") or (format_value(placed_value(firsts[0])) if firsts else None),
+        end=meta.get("end") or (format_value(placed_value(placed[-1].last)) if placed else None),
         run_id=meta.get("run_id"),
         placements=placed,
     )
-
-
-def _decode(text: str | None) -> Any:
-    from refstore.admit import from_json_value
-
-    return from_json_value(json.loads(text)) if text else None

@@ -299,17 +299,12 @@ def open_cmd(config_path: str | None, at: str | None, from_export: bool, as_json
 def export(config_path: str | None, at: str | None, fmt: str, output: str | None) -> None:
     """Write a kerchunk reference export of a snapshot (atomically)."""
     from refstore.api import open_store
-    from refstore.export import build_refs, write_export
-    from refstore.sources import source_for
-    from refstore.storage import export_registry, store_options
+    from refstore.sync import export_snapshot
 
     _quiet_icechunk()
     cfg = _load(config_path)
     store = open_store(cfg)
-    session = store.session(at)
-    registry = export_registry(source_for(cfg).registry(), store.url, store.options)
-    refs = build_refs(session, registry, store.native_chunks_prefix)
-    path = write_export(refs, output or cfg.export, fmt, options=store_options(cfg))
+    path = export_snapshot(cfg, store, store.source, store.resolve(at), output, fmt)
     click.echo(f"wrote {path}")
 
 

@@ -202,29 +202,6 @@ class Store:
                 "Point [store] repo at an empty folder you can write to.",
             ) from e
 
-    def ensure_containers(self) -> None:
-        """Add the source's container to an existing repository if it lacks it."""
-        import icechunk
-
-        from refstore.storage import container_store_config
-
-        saved = self.repo.config.virtual_chunk_containers or {}
-        missing = [c for c in self.containers if c.url_prefix not in saved]
-        if not missing:
-            return
-        config = icechunk.RepositoryConfig()
-        for c in missing:
-            config.set_virtual_chunk_container(
-                icechunk.VirtualChunkContainer(c.url_prefix, container_store_config(c))
-            )
-        # Saved from a repository opened without the in-memory secrets (HTTP headers),
-        # which would otherwise be merged into the saved config.
-        plain = icechunk.Repository.open(
-            self._storage(), authorize_virtual_chunk_access=self._authorizations(saved)
-        )
-        plain.reopen(config=config).save_config()
-        self._repo = None  # reopened, with the secrets in memory, on next use
-
     # -- history ----------------------------------------------------------------------
     def head_snapshot(self) -> str:
         """Snapshot id at the tip of ``main``."""

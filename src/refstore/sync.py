@@ -33,7 +33,7 @@ from refstore.storage import export_registry, store_options
 from refstore.store import Head, Store
 from refstore.virtualize import DatasetSpec, VirtualGranule
 
-__all__ = ["ProgressFactory", "export_head", "reconcile", "sync"]
+__all__ = ["ProgressFactory", "export_head", "export_snapshot", "reconcile", "sync"]
 
 log = logging.getLogger("refstore")
 
@@ -56,17 +56,30 @@ def reconcile(store: Store, ledger: Ledger) -> int:
     return changed
 
 
-def export_head(config: Config, store: Store, source: Source, ledger: Ledger) -> str:
-    """Write the kerchunk Parquet export of the head snapshot; returns its path."""
+def export_snapshot(
+    config: Config,
+    store: Store,
+    source: Source,
+    snapshot: str,
+    path: str | None = None,
+    fmt: str = "parquet",
+) -> str:
+    """Write a kerchunk export of ``snapshot`` (default place: ``[store] export``)."""
     from refstore.export import build_refs, write_export
 
-    head = store.head_snapshot()
-    session = store.repo.readonly_session(snapshot_id=head)
+    session = store.repo.readonly_session(snapshot_id=snapshot)
     registry = export_registry(source.registry(), store.url, store.options)
     refs = build_refs(session, registry, store.native_chunks_prefix)
-    path = write_export(refs, config.export, "parquet", options=store_options(config))
+    written = write_export(refs, path or config.export, fmt, options=store_options(config))
+    return str(written)
+
+
+def export_head(config: Config, store: Store, source: Source, ledger: Ledger) -> str:
+    """Write the Parquet export of the head snapshot and remember it; returns its path."""
+    head = store.head_snapshot()
+    path = export_snapshot(config, store, source, head)
     ledger.set_meta(EXPORTED, head)
-    return str(path)
+    return path
 
 
 @dataclass
