@@ -49,6 +49,8 @@ def open_export(
     import fsspec
     import xarray as xr
 
+    from refstore.cf import open_decoded
+
     target: dict[str, Any] = {}
     if str(path).startswith("s3://"):
         from refstore.export_s3 import resolve_export, s3fs_options
@@ -74,8 +76,13 @@ def open_export(
     else:
         refs = fsspec.filesystem("reference", fo=fo, remote_protocol="file", **target)
     kwargs.setdefault("chunks", {})
-    return xr.open_dataset(
-        refs.get_mapper(""), engine="zarr", consolidated=False, zarr_format=2, **kwargs
+    return open_decoded(
+        xr.open_dataset,
+        filename_or_obj=refs.get_mapper(""),
+        engine="zarr",
+        consolidated=False,
+        zarr_format=2,
+        **kwargs,
     )
 
 

@@ -17,7 +17,13 @@ from typing import Any
 from refstore.errors import StoreError
 from refstore.storage import S3Options
 
-__all__ = ["build_refs", "fix_fill_values", "fix_scalar_keys", "write_export"]
+__all__ = [
+    "build_refs",
+    "fix_fill_values",
+    "fix_scalar_keys",
+    "unwritten_chunks",
+    "write_export",
+]
 
 FORMATS = ("parquet", "json")
 
@@ -49,15 +55,15 @@ def fix_scalar_keys(refs: dict[str, Any]) -> dict[str, Any]:
 
 
 def fix_fill_values(refs: dict[str, Any]) -> dict[str, Any]:
-    """Make zarr v2 ``fill_value`` mean what the Icechunk (zarr v3) store means.
+    """Make every zarr v2 array mask what a netCDF reader masks (CF ``_FillValue`` wins
+    over the HDF5 storage fill; see :func:`refstore.cf.v2_fill_semantics`).
 
-    In zarr v2 xarray treats ``fill_value`` as ``_FillValue`` and masks it; in v3 only
-    the ``_FillValue`` attribute masks. A variable without ``_FillValue`` whose value
-    equals the storage fill value (``crs`` = -2147483647 in GHRSST files) would read
-    back as NaN through the export but not through the repository. Where ``.zattrs`` has
-    no ``_FillValue``, the v2 ``fill_value`` is therefore set to null.
+    Where the new ``fill_value`` differs from the storage fill, chunks the file never
+    wrote (absent from the refs) are written inline, holding the storage fill as the
+    file does: otherwise they would read as the CF fill (NaN) through the export.
     """
-    out = dict(refs)
+    from refstore.cf import v2_fill_semantics
+
     table = dict(refs["refs"])
     for key, value in refs["refs"].items():
         if not key.endswith(".zarray"):
@@ -65,11 +71,45 @@ def fix_fill_values(refs: dict[str, Any]) -> dict[str, Any]:
         prefix = key[: -len(".zarray")]
         attrs = json.loads(table.get(prefix + ".zattrs", "{}"))
         meta = json.loads(value)
-        if "_FillValue" not in attrs and "missing_value" not in attrs:
-            meta["fill_value"] = None
-            table[key] = json.dumps(meta)
-    out["refs"] = table
-    return out
+        materialize, storage_fill = v2_fill_semantics(meta, attrs)
+        table[key] = json.dumps(meta)
+        if prefix + ".zattrs" in table:
+            table[prefix + ".zattrs"] = json.dumps(attrs)
+        if materialize:
+            table.update(unwritten_chunks(prefix, meta, storage_fill, table))
+    return {**refs, "refs": table}
+
+
+def unwritten_chunks(
+    prefix: str, zarray: dict[str, Any], fill: Any, refs: dict[str, Any]
+) -> dict[str, str]:
+    """Inline refs (``base64:``) for every chunk of a v2 array absent from ``refs``,
+    each holding ``fill`` encoded with the array's filters and compressor."""
+    import base64
+    import itertools
+    import math
+
+    import numpy as np
+    from numcodecs import get_codec
+
+    shape, chunks = zarray["shape"], zarray["chunks"]
+    sep = zarray.get("dimension_separator", ".")
+    grid = [math.ceil(s / c) for s, c in zip(shape, chunks, strict=True)]
+    keys = (
+        [f"{prefix}{sep.join(map(str, i))}" for i in itertools.product(*map(range, grid))]
+        if shape
+        else [f"{prefix}0"]
+    )
+    missing = [k for k in keys if k not in refs]
+    if not missing:
+        return {}
+    data: Any = np.full(chunks, fill, dtype=np.dtype(zarray["dtype"])).tobytes(order="C")
+    for conf in zarray.get("filters") or ():
+        data = get_codec(dict(conf)).encode(data)
+    if zarray.get("compressor"):
+        data = get_codec(dict(zarray["compressor"])).encode(data)
+    inline = "base64:" + base64.b64encode(bytes(data)).decode()
+    return dict.fromkeys(missing, inline)
 
 
 def write_export(

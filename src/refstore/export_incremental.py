@@ -200,6 +200,8 @@ def _plan(
             span = plan_records(shape, zarray["chunks"], old_len, record_size)
             if span is None or span[1] - span[0] != tail.paths.size:
                 return None
+            if (tail.paths == "").any():
+                return None  # unwritten chunks may need the storage fill inline (full export)
             refs[name] = (span[0], span[2], tail)
             new_meta[key] = {**zarray, "shape": shape}
         elif _one_inlined_chunk(zarray):

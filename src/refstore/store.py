@@ -313,12 +313,17 @@ class Store:
         return self.repo.readonly_session(snapshot_id=self.resolve(at))
 
     def open_dataset(self, at: str | None = None, **kwargs: Any) -> Any:
-        """The lazy ``xr.Dataset`` as it was at ``at``."""
+        """The lazy ``xr.Dataset`` as it was at ``at``, CF-decoded with the dtypes a
+        netCDF reader gives (:func:`refstore.cf.open_decoded`)."""
         import xarray as xr
+
+        from refstore.cf import open_decoded
 
         session = self.session(at)
         kwargs.setdefault("chunks", {})
-        return xr.open_zarr(session.store, consolidated=False, zarr_format=3, **kwargs)
+        return open_decoded(
+            xr.open_zarr, store=session.store, consolidated=False, zarr_format=3, **kwargs
+        )
 
     def root_attrs(self, snapshot: str) -> dict[str, Any]:
         """The dataset (root group) attributes at ``snapshot``."""

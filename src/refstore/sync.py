@@ -13,6 +13,7 @@ every run, so a crash at any point neither loses nor duplicates a granule. Every
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ type ProgressFactory = Callable[[int, str], Callable[[Result], None]]
 
 RECONCILED = "reconciled_snapshot"
 EXPORTED = "exported_snapshot"
+VERIFIED = "readback_verified_encodings"  # encoding keys whose references read back equal
 
 
 def reconcile(store: Store, ledger: Ledger) -> int:
@@ -127,6 +129,10 @@ class _Run:
         self._time("virtualize", t)
         ok = [r for r in results if isinstance(r, VirtualGranule)]
         failures = [r for r in results if isinstance(r, Failure)]
+        t = time.perf_counter()
+        ok, unreadable = self._read_back(ok)
+        failures += unreadable
+        self._time("readback", t)
         self.ledger.mark_virtualized(
             [vg.granule.key for vg in ok], {vg.granule.key: (vg.start, vg.end) for vg in ok}
         )
@@ -153,6 +159,29 @@ class _Run:
             self._time("commit", t)
             if head is not None and appended:
                 self._export_tail(head, snapshot, appended)
+
+    def _read_back(
+        self, granules: Sequence[VirtualGranule]
+    ) -> tuple[list[VirtualGranule], list[Failure]]:
+        """Check each granule of an encoding signature not yet verified against its file
+        (:mod:`refstore.readback`) until one passes; later ones of a passed signature
+        are trusted (the cost is once per signature)."""
+        from refstore.readback import encoding_key, readback
+
+        verified = set(json.loads(self.ledger.get_meta(VERIFIED) or "[]"))
+        ok: list[VirtualGranule] = []
+        failures: list[Failure] = []
+        for vg in granules:
+            key = encoding_key(vg.signature)
+            if key not in verified:
+                problem = readback(vg, self.source.registry(), vg.fmt, self.config.group)
+                if problem is not None:
+                    failures.append(Failure(vg.granule.key, f"{vg.granule.key}: {problem}"))
+                    continue
+                verified.add(key)
+                self.ledger.set_meta(VERIFIED, json.dumps(sorted(verified)))
+            ok.append(vg)
+        return ok, failures
 
     def _reread_tail(
         self, admission: Admission, store_last: Any

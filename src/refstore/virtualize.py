@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from refstore.cf import record_attr_dtypes
 from refstore.errors import GranuleError, RefstoreError
 from refstore.models import Failure, Granule
 from refstore.schema import signature
@@ -54,6 +55,7 @@ class VirtualGranule:
     length: int
     signature: dict[str, dict[str, Any]]
     values: Any = None  # the concat coordinate's values (numpy), if it has one
+    fmt: str = "hdf5"  # "hdf5" or "netcdf3": how the file is read back
 
     @property
     def start(self) -> str | None:
@@ -145,6 +147,10 @@ def _small_blocks(store: Any, path: str) -> Any:
 def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule:
     from virtualizarr.parsers import HDFParser, NetCDF3Parser
 
+    from refstore import _compat
+
+    _compat.install()
+
     try:
         head = _read_head(registry, granule.url)
     except FileNotFoundError as e:
@@ -190,6 +196,7 @@ def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule
             ds.variables[name].load()  # materialize: the dataset travels between processes
     except Exception as e:
         raise GranuleError(f"{granule.key}: cannot read loadable variables: {_short(e)}") from e
+    record_attr_dtypes(ds)  # typed CF attributes survive zarr's JSON (refstore.cf)
     first = last = values = None
     length = int(ds.sizes[spec.concat_dim])
     if length == 0:
@@ -215,6 +222,7 @@ def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule
         length=length,
         signature=signature(ds, spec.concat_dim),
         values=values,
+        fmt=fmt,
     )
 
 
