@@ -90,7 +90,7 @@ def test_undecodable_time(store_of_two, ccmp_archive, incoming) -> None:  # type
     with h5py.File(path, "r+") as f:
         f["time"].attrs["units"] = np.bytes_(b"fortnights since the flood")
     (failure,) = refstore.sync(config).quarantined
-    assert failure.reason.startswith("bad_time.nc: cannot decode time")
+    assert failure.reason.startswith("bad_time.nc: cannot decode variable 'time'")
     assert_same_values(refstore.open_dataset(config).load(), before)
 
 

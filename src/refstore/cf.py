@@ -34,6 +34,7 @@ __all__ = [
     "ATTR_DTYPES",
     "CF_TYPED_ATTRS",
     "DECODE_KEYWORDS",
+    "as_netcdf_strings",
     "attr_dtypes",
     "decode_fill_attr",
     "open_decoded",
@@ -130,11 +131,17 @@ def open_decoded(open_raw: Callable[..., Any], **kwargs: Any) -> Any:
 
     decode_cf = kwargs.pop("decode_cf", True)
     decode = {k: kwargs.pop(k) for k in DECODE_KEYWORDS if k in kwargs}
-    ds = restore_attr_dtypes(open_raw(decode_cf=False, **kwargs))
-    if not decode_cf:
-        return ds
-    decoded = xr.decode_cf(ds, **decode)
-    return decoded
+    ds = as_netcdf_strings(restore_attr_dtypes(open_raw(decode_cf=False, **kwargs)))
+    return xr.decode_cf(ds, **decode) if decode_cf else ds
+
+
+def as_netcdf_strings(ds: Any) -> Any:
+    """Variable-length strings as the object arrays netCDF readers give (zarr reads
+    them as numpy's StringDType)."""
+    for name, var in ds.variables.items():
+        if var.dtype.kind == "T":
+            ds[name] = var.astype(object)
+    return ds
 
 
 def decode_fill_attr(value: Any, dtype: np.dtype[Any]) -> Any:
@@ -189,6 +196,8 @@ def v2_fill_semantics(
         (as the CF fill, or as zarr's default 0 for null), so unwritten chunks must be
         written out with ``storage_fill`` for the values to stay equal.
     """
+    if not isinstance(zarray.get("dtype"), str):
+        return False, zarray.get("fill_value")  # a compound type: no CF fill applies
     dtype = np.dtype(zarray["dtype"])
     storage = zarray.get("fill_value")
     cf = decode_fill_attr(zattrs.get("_FillValue"), dtype)

@@ -144,6 +144,31 @@ def _small_blocks(store: Any, path: str) -> Any:
     return BlockStoreReader(store, path, block_size=64 * 1024)
 
 
+def shown_dims(dims: Iterable[str]) -> str:
+    """Dimension names as xarray shows them, with the group path apart:
+    ``dimensions: nscan, npixel (group FS)`` rather than ``FS/nscan``."""
+    names = sorted({d.rsplit("/", 1)[-1] for d in dims})
+    groups = sorted({d.rsplit("/", 1)[0].strip("/") for d in dims if "/" in d} - {""})
+    text = f"dimensions: {', '.join(names) or 'none'}"
+    return text + (f" (group {', '.join(groups)})" if groups else "")
+
+
+def _culprit(manifest_store: Any, loadable: Iterable[str]) -> str | None:
+    """The first loadable variable that fails to decode on its own (failure path only)."""
+    import xarray as xr
+
+    try:
+        raw = xr.open_zarr(manifest_store, decode_cf=False, consolidated=False, chunks=None)
+    except Exception:
+        return None
+    for name in loadable:
+        try:
+            xr.decode_cf(xr.Dataset({name: raw.variables[name].load()}))
+        except Exception:
+            return name
+    return None
+
+
 def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule:
     from virtualizarr.parsers import HDFParser, NetCDF3Parser
 
@@ -180,8 +205,7 @@ def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule
     all_dims = {d for ds in dims.values() for d in ds}
     if spec.concat_dim not in all_dims:
         raise GranuleError(
-            f"{granule.key}: has no dimension {spec.concat_dim!r} "
-            f"(dimensions: {', '.join(sorted(all_dims)) or 'none'})",
+            f"{granule.key}: has no dimension {spec.concat_dim!r} ({shown_dims(all_dims)})",
             "Set [dataset] concat_dim to the dimension granules stack along "
             "(or [dataset] group to the group that holds it).",
         )
@@ -189,8 +213,12 @@ def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule
     try:
         ds = manifest_store.to_virtual_dataset(loadable_variables=list(loadable))
     except Exception as e:
-        what = "time" if "time" in str(e).lower() or "decode" in str(e).lower() else "variables"
-        raise GranuleError(f"{granule.key}: cannot decode {what}: {_short(e)}") from e
+        culprit = _culprit(manifest_store, loadable)
+        what = f"variable {culprit!r}" if culprit else "its variables"
+        raise GranuleError(
+            f"{granule.key}: cannot decode {what}: {_short(e)}",
+            "Leave the variable out with [dataset] drop_variables, or fix the file upstream.",
+        ) from e
     try:
         for name in loadable:
             ds.variables[name].load()  # materialize: the dataset travels between processes

@@ -35,7 +35,7 @@ from refstore.errors import ConfigError, SourceError
 from refstore.models import Granule
 from refstore.sources.base import ContainerSpec
 from refstore.sources.https import bearer_headers, http_registry
-from refstore.sources.local import DEFAULT_PATTERNS
+from refstore.sources.local import is_data_name
 from refstore.sources.s3 import s3_registry
 from refstore.storage import S3Options, origin, split_s3_url
 
@@ -52,7 +52,6 @@ DEFAULT_CMR_URL = "https://cmr.earthdata.nasa.gov/search/"
 # searchable after a newer one was seen; re-listing an unchanged granule costs nothing.
 OVERLAP = timedelta(hours=1)
 MAX_PAGE_SIZE = 2000
-_DATA_SUFFIXES = tuple(p.removeprefix("*") for p in DEFAULT_PATTERNS)
 
 
 def _granule(item: dict[str, Any]) -> Any:
@@ -67,7 +66,7 @@ def _granule(item: dict[str, Any]) -> Any:
 def _pick(links: list[str]) -> str | None:
     """The granule's data file among its links (NetCDF/HDF5 first)."""
     for link in links:
-        if urlsplit(link).path.lower().endswith(_DATA_SUFFIXES):
+        if is_data_name(urlsplit(link).path):
             return link
     return links[0] if links else None
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import glob
+import logging
 import os
 import stat
 from collections.abc import Iterator
@@ -19,10 +19,32 @@ from refstore.sources.base import ContainerSpec
 if TYPE_CHECKING:
     from refstore.config import Config
 
-__all__ = ["LocalSource"]
+__all__ = ["DATA_SUFFIXES", "DEFAULT_PATTERNS", "LocalSource", "is_data_name"]
 
 _GLOB_CHARS = set("*?[")
 DEFAULT_PATTERNS = ("*.nc", "*.nc4", "*.h5", "*.hdf5", "*.he5")
+# Matched without regard to case: GPM names its files *.HDF5, others *.NC.
+DATA_SUFFIXES = tuple(p.removeprefix("*") for p in DEFAULT_PATTERNS)
+
+log = logging.getLogger("refstore")
+
+
+def is_data_name(name: str) -> bool:
+    """Whether a file name has a NetCDF/HDF5 suffix (any case)."""
+    return name.lower().endswith(DATA_SUFFIXES)
+
+
+def warn_none_matched(where: str, total: int, pattern: str | None) -> None:
+    """Say so when a source holds files but none of them matched."""
+    if total:
+        shown = pattern or " ".join(DEFAULT_PATTERNS)
+        log.warning(
+            "%s: %d file(s), none matched %s (any case); "
+            "set [source] url to a glob that matches them",
+            where,
+            total,
+            shown,
+        )
 
 
 def split_glob(url: str) -> tuple[Path, str | None]:
@@ -69,11 +91,16 @@ class LocalSource:
         # granule, and pathlib's relative_to/resolve cost ~60 us a file (0.7 s at 10k).
         top = os.path.join(root, "")
         if pattern is None:
-            suffixes = tuple(p.removeprefix("*") for p in DEFAULT_PATTERNS)
             with os.scandir(root) as entries:
-                paths = sorted(e.path for e in entries if e.name.endswith(suffixes))
+                names = [e for e in entries if not e.name.startswith(".")]
+            paths = sorted(e.path for e in names if is_data_name(e.name))
+            if not paths:
+                warn_none_matched(str(root), sum(e.is_file() for e in names), None)
         else:
-            paths = sorted(glob.glob(str(root / pattern), recursive=True))
+            paths = sorted(str(p) for p in root.glob(pattern, case_sensitive=False))
+            if not paths:
+                total = sum(1 for p in root.rglob("*") if p.is_file())
+                warn_none_matched(str(root), total, pattern)
         base_uri = root.resolve().as_uri().rstrip("/") + "/"
         for path in paths:
             key = path.removeprefix(top)

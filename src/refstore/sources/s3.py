@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from refstore.errors import SourceError
 from refstore.models import Granule
 from refstore.sources.base import ContainerSpec
-from refstore.sources.local import DEFAULT_PATTERNS
+from refstore.sources.local import is_data_name
 from refstore.storage import S3Options, s3_store, split_s3_url
 
 if TYPE_CHECKING:
@@ -54,11 +54,10 @@ def s3_registry(buckets: set[str], options: S3Options, credential_provider: Any 
 
 def _matcher(pattern: str | None) -> Any:
     if pattern is None:
-        suffixes = tuple(p.removeprefix("*") for p in DEFAULT_PATTERNS)
-        return lambda rel: "/" not in rel and rel.endswith(suffixes)
+        return lambda rel: "/" not in rel and is_data_name(rel)
     from fsspec.utils import glob_translate
 
-    regex = re.compile(glob_translate(pattern))
+    regex = re.compile(glob_translate(pattern), re.IGNORECASE)
     return lambda rel: regex.match(rel) is not None
 
 
