@@ -1,0 +1,149 @@
+"""Small real HDF5/netCDF4 granules, one per fidelity mismatch class, written with h5py.
+
+Each is a valid netCDF-4 file (dimension scales) that h5netcdf reads: two 6-hourly steps
+along ``time``, a 4-point ``y``, and one data variable ``v`` (time, y) stored the way
+real products store theirs. The low-level h5py API builds what the high-level one
+refuses (the same filter twice in one pipeline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+RAW = np.array([[-32768, -32767, 0, 120], [7, -32768, 32000, -5]], dtype="i2")
+
+
+def _frame(path: Path, make: Callable[[h5py.File], Any], hour: int = 0) -> Path:
+    with h5py.File(path, "w") as f:
+        t = f.create_dataset("time", data=np.array([hour, hour + 6], "i4"), maxshape=(None,))
+        t.attrs["units"] = np.bytes_(b"hours since 2024-01-01 00:00:00")
+        t.attrs["calendar"] = np.bytes_(b"standard")
+        t.make_scale("time")
+        y = f.create_dataset("y", data=np.arange(4, dtype="f4"))
+        y.make_scale("y")
+        v = make(f)
+        v.dims[0].attach_scale(t)
+        v.dims[1].attach_scale(y)
+    return path
+
+
+def fill_differs(path: Path) -> Path:
+    """GHRSST-like: storage fill -32767, CF ``_FillValue`` -32768, and a chunk never written
+    (the file reads it as the storage fill, which CF does not mask)."""
+
+    def make(f: h5py.File) -> Any:
+        v = f.create_dataset("v", shape=(2, 4), dtype="i2", chunks=(1, 4), fillvalue=-32767)
+        v[0] = RAW[0]  # v[1] stays unwritten
+        v.attrs["_FillValue"] = np.int16(-32768)
+        v.attrs["scale_factor"] = np.float64(0.01)
+        return v
+
+    return _frame(path, make)
+
+
+def float_fill_differs(path: Path) -> Path:
+    """GPM IMERG-like: float32, storage fill 0.0, ``_FillValue`` -9999.9, dry cells 0.0."""
+
+    def make(f: h5py.File) -> Any:
+        data = np.array([[0.0, -9999.9, 1.5, 0.0], [0.0, 0.0, -9999.9, 2.25]], "f4")
+        v = f.create_dataset("v", data=data, chunks=(1, 4), fillvalue=0.0, compression="gzip")
+        v.attrs["_FillValue"] = np.array([-9999.9], "f4")
+        return v
+
+    return _frame(path, make)
+
+
+def repeated_deflate(path: Path) -> Path:
+    """NOAA VIIRS L3U-like pipeline: shuffle + deflate(4) + deflate(1)."""
+
+    def make(f: h5py.File) -> Any:
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_chunk((1, 4))
+        dcpl.set_shuffle()
+        dcpl.set_deflate(4)
+        dcpl.set_deflate(1)
+        space = h5py.h5s.create_simple((2, 4))
+        dsid = h5py.h5d.create(f.id, b"v", h5py.h5t.NATIVE_INT16, space, dcpl=dcpl)
+        v = h5py.Dataset(dsid)
+        v[...] = RAW
+        return v
+
+    return _frame(path, make)
+
+
+def float32_packing(path: Path) -> Path:
+    """RSS SSMIS / AVHRR OI-like: int16 with float32 ``scale_factor``/``add_offset``."""
+
+    def make(f: h5py.File) -> Any:
+        v = f.create_dataset("v", data=RAW, chunks=(1, 4), compression="gzip", shuffle=True)
+        v.attrs["scale_factor"] = np.float32(0.1)
+        v.attrs["add_offset"] = np.float32(0.05)
+        v.attrs["_FillValue"] = np.int16(-32768)
+        return v
+
+    return _frame(path, make)
+
+
+def fletcher32_chain(path: Path) -> Path:
+    """fletcher32 + shuffle + deflate (as in OPeNDAP's SDS_fle_shuf_def.h5)."""
+
+    def make(f: h5py.File) -> Any:
+        return f.create_dataset(
+            "v", data=RAW, chunks=(1, 4), fletcher32=True, shuffle=True, compression="gzip"
+        )
+
+    return _frame(path, make)
+
+
+def string_variable(path: Path) -> Path:
+    """A variable-length string variable along time beside the data."""
+
+    def make(f: h5py.File) -> Any:
+        labels = f.create_dataset(
+            "label", data=["ascending", "descending"], dtype=h5py.string_dtype()
+        )
+        labels.dims[0].attach_scale(f["time"])
+        return f.create_dataset("v", data=RAW, chunks=(1, 4))
+
+    return _frame(path, make)
+
+
+def scale_offset_filter(path: Path) -> Path:
+    """HDF5's scale-offset filter, which no numcodecs codec decodes."""
+
+    def make(f: h5py.File) -> Any:
+        return f.create_dataset("v", data=RAW.astype("i4"), chunks=(1, 4), scaleoffset=0)
+
+    return _frame(path, make)
+
+
+def compact_layout(path: Path) -> Path:
+    """Compact storage: the data live in the object header, not in a chunk."""
+
+    def make(f: h5py.File) -> Any:
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_layout(h5py.h5d.COMPACT)
+        space = h5py.h5s.create_simple((2, 4))
+        dsid = h5py.h5d.create(f.id, b"v", h5py.h5t.NATIVE_INT16, space, dcpl=dcpl)
+        v = h5py.Dataset(dsid)
+        v[...] = RAW
+        return v
+
+    return _frame(path, make)
+
+
+FACTORIES: dict[str, Callable[[Path], Path]] = {
+    "fill_differs": fill_differs,
+    "float_fill_differs": float_fill_differs,
+    "repeated_deflate": repeated_deflate,
+    "float32_packing": float32_packing,
+    "fletcher32_chain": fletcher32_chain,
+    "string_variable": string_variable,
+    "scale_offset_filter": scale_offset_filter,
+    "compact_layout": compact_layout,
+}
