@@ -62,3 +62,40 @@ def test_status_reports_gaps_and_missing(make_config, arrive, ccmp_archive) -> N
 def test_find_gaps_pure() -> None:
     assert find_gaps([0, 1, 2, 3, 7, 8]) == [("3", "7")]
     assert find_gaps([0, 1, 2]) == []
+
+
+def test_verify_checks_decoded_values_of_repo_and_export(
+    make_config, arrive, tmp_path: Path, monkeypatch
+) -> None:
+    """A fill mask wrong only in the export, and packing wrong only in the repository,
+    are each reported (raw values stay equal in both cases)."""
+    import zarr
+
+    from refstore.api import open_store
+    from refstore.sync import export_snapshot
+    from tests.granule_factory import fill_differs
+
+    config = make_config()
+    arrive(fill_differs(tmp_path / "g.nc"))
+    refstore.sync(config)
+    assert verify(config, sample=6, seed=4).ok
+    store = open_store(config)
+    with monkeypatch.context() as m:  # plant: an export that masks the HDF5 storage fill
+        m.setattr("refstore.export.fix_fill_values", lambda refs: refs)
+        export_snapshot(config, store, store.source, store.head_snapshot())
+    report = verify(config, sample=6, seed=4)
+    assert report.mismatches and all("through the export" in m for m in report.mismatches)
+    assert any("NaN mask differs" in m for m in report.mismatches)
+    assert "v" in report.nan_fraction
+
+    run_cli("export", cwd=tmp_path)  # a correct export again
+    assert verify(config, sample=6, seed=4).ok
+
+    # plant: packing attributes changed in the repository
+    session = store.repo.writable_session("main")
+    zarr.open_group(session.store, mode="r+")["v"].attrs["scale_factor"] = 0.02
+    session.commit("plant")
+    report = verify(config, sample=6, seed=4, at=store.head_snapshot())
+    assert any("through the repository" in m and "raw" not in m for m in report.mismatches)
+    proc = run_cli("verify", "--sample", "4", cwd=tmp_path, check=False)
+    assert proc.returncode == 8

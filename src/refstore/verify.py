@@ -1,7 +1,9 @@
 """``refstore verify``: prove that what the store serves equals the source files.
 
-Reads N random chunks through the repository and straight from the source files
-(raw, undecoded values, so packing cannot hide a difference) and checks every
+Reads N random steps through the repository and the export (raw values, so packing
+cannot hide a difference, and decoded values: NaN mask and dtype included) and straight
+from the source files with a netCDF reader, compares the export's variables and dtypes
+with the repository's, reports the NaN fraction per variable, and checks every
 referenced source's revision (size+mtime, ETag or CMR revision) against the ledger.
 References are written with Icechunk's per-reference checksum (the parse time), so a
 source file changed after ingest fails loudly on read instead of serving wrong bytes;
@@ -32,6 +34,7 @@ class VerifyReport:
     mismatches: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    nan_fraction: dict[str, float] = field(default_factory=dict)  # per variable, decoded
 
     @property
     def ok(self) -> bool:
@@ -48,6 +51,7 @@ class VerifyReport:
             "mismatches": self.mismatches,
             "changed": self.changed,
             "missing": self.missing,
+            "nan_fraction": self.nan_fraction,
         }
 
 
@@ -114,12 +118,18 @@ def verify(
             )
 
     raw = {"mask_and_scale": False, "decode_times": False}
-    ds = store.open_dataset(snapshot, **raw)
+    served = {"repository (raw)": store.open_dataset(snapshot, **raw)}
+    served["repository"] = store.open_dataset(snapshot)
+    if at is None or snapshot == store.head_snapshot():
+        served.update(_export(config, served["repository"], report))
+    ds = served["repository (raw)"]
     dim = config.concat_dim
     names = [str(n) for n, v in ds.data_vars.items() if dim in v.dims]
     rnd = random.Random(seed)
     total = sum(p.length for p in layout)
     unreadable = {m.split(":")[0] for m in report.missing + report.changed}
+    group = {"group": config.group} if config.group else {}
+    nans: dict[str, list[int]] = {}
     for _ in range(sample if names and total else 0):
         name = rnd.choice(names)
         index = rnd.randrange(total)
@@ -127,17 +137,72 @@ def verify(
         where = f"{name}[{dim}={index}] ({p.key}, step {index - p.offset})"
         if p.key in unreadable:
             continue
-        try:
-            served = np.asarray(ds[name].isel({dim: index}).values)
-        except Exception as e:  # Icechunk refuses references to a modified source
-            report.mismatches.append(f"{where}: unreadable through the store: {e}")
-            continue
-        group = {"group": config.group} if config.group else {}
-        with _open_source(source, p.url, **raw, **group) as direct:
-            expected = np.asarray(direct[name].isel({dim: index - p.offset}).values)
+        for label, view in served.items():
+            decoded = "raw" not in label
+            try:
+                got = np.asarray(view[name].isel({dim: index}).values)
+            except Exception as e:  # Icechunk refuses references to a modified source
+                report.mismatches.append(f"{where}: unreadable through the {label}: {e}")
+                continue
+            with _open_source(source, p.url, **({} if decoded else raw), **group) as direct:
+                expected = np.asarray(direct[name].isel({dim: index - p.offset}).values)
+            problem = _differs(got, expected)
+            if problem:
+                report.mismatches.append(f"{where}: {problem} through the {label}")
+            if label == "repository" and got.dtype.kind == "f":
+                counts = nans.setdefault(name, [0, 0])
+                counts[0] += int(np.isnan(got).sum())
+                counts[1] += got.size
         report.chunks_checked += 1
-        if served.shape != expected.shape or not np.array_equal(
-            served, expected, equal_nan=served.dtype.kind == "f"
-        ):
-            report.mismatches.append(f"{where}: values differ from the source file")
+    report.nan_fraction = {n: round(c[0] / c[1], 6) for n, c in sorted(nans.items()) if c[1]}
     return report
+
+
+def _differs(got: Any, expected: Any) -> str | None:
+    """What differs between a served and a direct read (dtype, NaN mask, values)."""
+    import numpy as np
+
+    if got.dtype.kind in "OUT" and expected.dtype.kind in "OUT":
+        got, expected = got.astype(object), expected.astype(object)
+    if got.dtype != expected.dtype:
+        return f"dtype {got.dtype} differs from the file's {expected.dtype}"
+    if got.shape != expected.shape:
+        return f"shape {got.shape} differs from the file's {expected.shape}"
+    if got.dtype.kind in "mM":
+        same = np.array_equal(got.view(np.int64), expected.view(np.int64))
+    elif got.dtype.kind in "fc":
+        if not np.array_equal(np.isnan(got), np.isnan(expected)):
+            return (
+                f"NaN mask differs ({int(np.isnan(got).sum())} NaN served, "
+                f"{int(np.isnan(expected).sum())} in the file)"
+            )
+        same = np.array_equal(got, expected, equal_nan=True)
+    else:
+        same = np.array_equal(got, expected)
+    return None if same else "values differ from the source file"
+
+
+def _export(config: Config, repo: Any, report: VerifyReport) -> dict[str, Any]:
+    """The export opened as plain fsspec users open it, after checking that its variables,
+    dims and dtypes are the repository's (reported as mismatches)."""
+    import os
+
+    from refstore.api import open_dataset
+
+    if not str(config.export).startswith("s3://") and not os.path.exists(config.export):
+        return {}
+    try:
+        export = open_dataset(config, source="export")
+        export_raw = open_dataset(config, source="export", mask_and_scale=False, decode_times=False)
+    except Exception as e:
+        report.mismatches.append(f"export: cannot be opened: {type(e).__name__}: {e}")
+        return {}
+    for name, var in repo.variables.items():
+        if name not in export.variables:
+            report.mismatches.append(f"export: variable {name} is missing")
+        elif export[name].dims != var.dims or export[name].dtype != var.dtype:
+            report.mismatches.append(
+                f"export: {name} is {export[name].dtype} {export[name].dims}, "
+                f"the repository's is {var.dtype} {var.dims}"
+            )
+    return {"export": export, "export (raw)": export_raw}
