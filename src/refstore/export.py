@@ -39,7 +39,9 @@ def build_refs(session: Any, registry: Any, native_chunks_prefix: str) -> dict[s
         manifest_store = IcechunkParser().parse_session(
             session, registry, native_chunks_prefix=native_chunks_prefix
         )
-        vds = manifest_store.to_virtual_dataset()
+        # Loaded coordinates stay as stored (decoding then re-encoding float times moves
+        # them by an ulp): the export inlines the repository's own values.
+        vds = manifest_store.to_virtual_dataset(decode_times=False)
         refs: dict[str, Any] = vds.vz.to_kerchunk(format="dict")
     return fix_fill_values(fix_scalar_keys(refs))
 

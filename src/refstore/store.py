@@ -21,12 +21,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from refstore.errors import ConflictError, NotFoundError, StoreError
 from refstore.models import CommitInfo
 from refstore.sources.base import ContainerSpec
 from refstore.storage import S3Options
+
+if TYPE_CHECKING:
+    from refstore.coords import CoordEncoding
 
 __all__ = ["Store", "parse_when"]
 
@@ -324,6 +327,21 @@ class Store:
         return open_decoded(
             xr.open_zarr, store=session.store, consolidated=False, zarr_format=3, **kwargs
         )
+
+    def coord_encoding(self, snapshot: str, name: str) -> CoordEncoding | None:
+        """How the loaded variable ``name`` is stored at ``snapshot`` (None if absent)."""
+        import zarr
+
+        from refstore.coords import CoordEncoding
+
+        session = self.repo.readonly_session(snapshot_id=snapshot)
+        group = zarr.open_group(session.store, mode="r", zarr_format=3)
+        if name not in group:
+            return None
+        node = group[name]
+        if not isinstance(node, zarr.Array):
+            return None
+        return CoordEncoding.of(node.dtype, dict(node.attrs))
 
     def root_attrs(self, snapshot: str) -> dict[str, Any]:
         """The dataset (root group) attributes at ``snapshot``."""

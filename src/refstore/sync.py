@@ -133,11 +133,14 @@ class _Run:
         ok, unreadable = self._read_back(ok)
         failures += unreadable
         self._time("readback", t)
+        head = self.store.head() if self.store.exists() else None
+        expressed = self._express(ok, head)
+        ok = [r for r in expressed if isinstance(r, VirtualGranule)]
+        failures += [r for r in expressed if isinstance(r, Failure)]
         self.ledger.mark_virtualized(
             [vg.granule.key for vg in ok], {vg.granule.key: (vg.start, vg.end) for vg in ok}
         )
         checkpoint("after-virtualization")
-        head = self.store.head() if self.store.exists() else None
         admission = admit(
             ok,
             store_signature=head.signature if head else None,
@@ -159,6 +162,36 @@ class _Run:
             self._time("commit", t)
             if head is not None and appended:
                 self._export_tail(head, snapshot, appended)
+
+    def _express(self, results: Sequence[Result], head: Head | None) -> list[Result]:
+        """Put each granule's loaded concat coordinate in the store's encoding (the first
+        granule's), exactly, or turn it into a failure (:func:`refstore.coords.express_in`).
+        Same order and length as ``results``."""
+        from dataclasses import replace
+
+        from refstore.coords import CoordEncoding, express_in
+
+        dim = self.config.concat_dim
+        good = [r for r in results if isinstance(r, VirtualGranule)]
+        ref = self.store.coord_encoding(head.snapshot, dim) if head else None
+        if ref is None:
+            with_dim = [vg for vg in good if dim in vg.dataset.variables]
+            if not with_dim:
+                return list(results)
+            first = min(with_dim, key=lambda vg: (vg.first is None, order_key(vg.first) or 0))
+            var = first.dataset.variables[dim]
+            ref = CoordEncoding.of(var.dtype, {**var.attrs, **var.encoding})
+        out: list[Result] = []
+        for r in results:
+            if not isinstance(r, VirtualGranule):
+                out.append(r)
+                continue
+            ds, problem = express_in(r.dataset, dim, ref)
+            if problem is not None:
+                out.append(Failure(r.granule.key, f"{r.granule.key}: {problem}"))
+            else:
+                out.append(r if ds is r.dataset else replace(r, dataset=ds))
+        return out
 
     def _read_back(
         self, granules: Sequence[VirtualGranule]
@@ -194,7 +227,9 @@ class _Run:
         reason) and the plain appends still land.
         """
         tail = [p for p in admission.sequence if isinstance(p, Placement)]
-        reread = self.virtualize([Granule(p.key, p.url, p.revision) for p in tail])
+        reread = self._express(
+            self.virtualize([Granule(p.key, p.url, p.revision) for p in tail]), self.store.head()
+        )
         problems = []
         by_key: dict[str, VirtualGranule] = {}
         for p, r in zip(tail, reread, strict=True):

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from refstore.cf import record_attr_dtypes
+from refstore.coords import raw_loaded
 from refstore.errors import GranuleError, RefstoreError
 from refstore.models import Failure, Granule
 from refstore.schema import signature
@@ -242,6 +243,12 @@ def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule
                     f"{granule.key}: {spec.concat_dim} is not strictly increasing in the file"
                 )
             first, last = values[0], values[-1]
+    # Loaded variables are kept as the file stores them (refstore.coords): decoding and
+    # re-encoding float times is off by an ulp at some steps.
+    import xarray as xr
+
+    raw = xr.open_zarr(manifest_store, decode_cf=False, consolidated=False, chunks=None)
+    ds = raw_loaded(ds, raw, loadable)
     return VirtualGranule(
         granule=granule,
         dataset=ds,
