@@ -32,6 +32,14 @@ def _frame(path: Path, make: Callable[[h5py.File], Any], hour: int = 0) -> Path:
     return path
 
 
+def _low_level(f: h5py.File, dcpl: Any) -> Any:
+    """``v`` = RAW as int16 with a creation property list the high-level API refuses."""
+    space = h5py.h5s.create_simple(RAW.shape)
+    v = h5py.Dataset(h5py.h5d.create(f.id, b"v", h5py.h5t.NATIVE_INT16, space, dcpl=dcpl))
+    v[...] = RAW
+    return v
+
+
 def fill_differs(path: Path) -> Path:
     """GHRSST-like: storage fill -32767, CF ``_FillValue`` -32768, and a chunk never written
     (the file reads it as the storage fill, which CF does not mask)."""
@@ -67,11 +75,7 @@ def repeated_deflate(path: Path) -> Path:
         dcpl.set_shuffle()
         dcpl.set_deflate(4)
         dcpl.set_deflate(1)
-        space = h5py.h5s.create_simple((2, 4))
-        dsid = h5py.h5d.create(f.id, b"v", h5py.h5t.NATIVE_INT16, space, dcpl=dcpl)
-        v = h5py.Dataset(dsid)
-        v[...] = RAW
-        return v
+        return _low_level(f, dcpl)
 
     return _frame(path, make)
 
@@ -128,11 +132,7 @@ def compact_layout(path: Path) -> Path:
     def make(f: h5py.File) -> Any:
         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
         dcpl.set_layout(h5py.h5d.COMPACT)
-        space = h5py.h5s.create_simple((2, 4))
-        dsid = h5py.h5d.create(f.id, b"v", h5py.h5t.NATIVE_INT16, space, dcpl=dcpl)
-        v = h5py.Dataset(dsid)
-        v[...] = RAW
-        return v
+        return _low_level(f, dcpl)
 
     return _frame(path, make)
 

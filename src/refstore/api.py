@@ -11,7 +11,7 @@ from refstore.sources import source_for
 from refstore.storage import S3Options, is_local, store_options
 from refstore.store import Store
 
-__all__ = ["open_dataset", "open_export", "open_store"]
+__all__ = ["open_dataset", "open_export", "open_refs", "open_store"]
 
 
 def _config(config: str | os.PathLike[str] | Config | None) -> Config:
@@ -47,9 +47,6 @@ def open_export(
         Passed to ``xarray.open_dataset``.
     """
     import fsspec
-    import xarray as xr
-
-    from refstore.cf import open_decoded
 
     target: dict[str, Any] = {}
     if str(path).startswith("s3://"):
@@ -76,9 +73,19 @@ def open_export(
     else:
         refs = fsspec.filesystem("reference", fo=fo, remote_protocol="file", **target)
     kwargs.setdefault("chunks", {})
+    return open_refs(refs.get_mapper(""), **kwargs)
+
+
+def open_refs(mapper: Any, **kwargs: Any) -> Any:
+    """The zarr v2 dataset behind a kerchunk reference mapper, decoded with netCDF
+    semantics (:func:`refstore.cf.open_decoded`)."""
+    import xarray as xr
+
+    from refstore.cf import open_decoded
+
     return open_decoded(
         xr.open_dataset,
-        filename_or_obj=refs.get_mapper(""),
+        filename_or_obj=mapper,
         engine="zarr",
         consolidated=False,
         zarr_format=2,

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from refstore.compare import difference
 from refstore.virtualize import VirtualGranule
 
 __all__ = ["encoding_key", "readback"]
@@ -48,9 +49,6 @@ def encoding_key(signature: dict[str, dict[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:20]
 
 
-_TEXT = "OUT"
-
-
 def _regions(shape: tuple[int, ...], chunks: tuple[int, ...]) -> Iterator[tuple[slice, ...]]:
     """The first and the last chunk of an array, as index regions."""
     if not shape or 0 in shape:
@@ -60,37 +58,6 @@ def _regions(shape: tuple[int, ...], chunks: tuple[int, ...]) -> Iterator[tuple[
     last = tuple(slice((s - 1) // c * c, s) for s, c in zip(shape, chunks, strict=True))
     if any(r.start for r in last):
         yield last
-
-
-def _same(served: np.ndarray[Any, Any], expected: np.ndarray[Any, Any]) -> str | None:
-    """None if equal (values, NaN mask and dtype), else what differs, in a few words.
-
-    Text is compared as text: readers differ in how they hold it (object, ``<U``,
-    numpy's StringDType), not in what it says.
-    """
-    if served.dtype.kind in _TEXT and expected.dtype.kind in _TEXT:
-        served, expected = served.astype(object), expected.astype(object)
-    if served.dtype != expected.dtype:
-        return f"dtype {served.dtype} served, {expected.dtype} in the file"
-    if served.shape != expected.shape:
-        return f"shape {served.shape} served, {expected.shape} in the file"
-    if served.dtype.kind in "mM":
-        equal = np.array_equal(served.view(np.int64), expected.view(np.int64))
-    elif served.dtype.kind in "fc":
-        nan_s, nan_e = np.isnan(served), np.isnan(expected)
-        if not np.array_equal(nan_s, nan_e):
-            return f"NaN mask: {int(nan_s.sum())} NaN served, {int(nan_e.sum())} in the file"
-        equal = np.array_equal(served, expected, equal_nan=True)
-    else:
-        equal = np.array_equal(served, expected)
-    if equal:
-        return None
-    diff = np.flatnonzero(served.ravel() != expected.ravel())
-    first = int(diff[0]) if diff.size else 0
-    return (
-        f"values: {diff.size} of {served.size} differ "
-        f"(e.g. {served.ravel()[first]!r} served, {expected.ravel()[first]!r} in the file)"
-    )
 
 
 def _open_file(registry: Any, url: str, fmt: str, group: str, **kwargs: Any) -> Any:
@@ -113,6 +80,7 @@ def _served(vg: VirtualGranule, registry: Any, names: list[str]) -> dict[str, An
     import xarray as xr
     from virtualizarr.manifests import ManifestArray, ManifestGroup, ManifestStore
 
+    from refstore.api import open_refs
     from refstore.cf import open_decoded
     from refstore.export import fix_fill_values, fix_scalar_keys
 
@@ -131,14 +99,7 @@ def _served(vg: VirtualGranule, registry: Any, names: list[str]) -> dict[str, An
     fs = fsspec.filesystem("reference", fo=refs, remote_protocol="file")
 
     def export(**kw: Any) -> Any:
-        return open_decoded(
-            xr.open_dataset,
-            filename_or_obj=fs.get_mapper(""),
-            engine="zarr",
-            consolidated=False,
-            zarr_format=2,
-            **kw,
-        )
+        return open_refs(fs.get_mapper(""), **kw)
 
     return {"repository": repo, "export": export}
 
@@ -213,7 +174,7 @@ def _compare_var(ds: Any, file_ds: Any, name: str, vg: VirtualGranule) -> str | 
                 f"codec chain not representable: {' -> '.join(codecs)}"
             )
         expected = np.asarray(file_ds[name].variable[region].values)
-        problem = _same(served, expected)
+        problem = difference(served, expected)
         if problem:
             return problem
     return None

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from refstore.compare import difference
 from refstore.config import Config
 from refstore.models import CommitInfo, Placement
 
@@ -146,7 +147,7 @@ def verify(
                 continue
             with _open_source(source, p.url, **({} if decoded else raw), **group) as direct:
                 expected = np.asarray(direct[name].isel({dim: index - p.offset}).values)
-            problem = _differs(got, expected)
+            problem = difference(got, expected)
             if problem:
                 report.mismatches.append(f"{where}: {problem} through the {label}")
             if label == "repository" and got.dtype.kind == "f":
@@ -156,30 +157,6 @@ def verify(
         report.chunks_checked += 1
     report.nan_fraction = {n: round(c[0] / c[1], 6) for n, c in sorted(nans.items()) if c[1]}
     return report
-
-
-def _differs(got: Any, expected: Any) -> str | None:
-    """What differs between a served and a direct read (dtype, NaN mask, values)."""
-    import numpy as np
-
-    if got.dtype.kind in "OUT" and expected.dtype.kind in "OUT":
-        got, expected = got.astype(object), expected.astype(object)
-    if got.dtype != expected.dtype:
-        return f"dtype {got.dtype} differs from the file's {expected.dtype}"
-    if got.shape != expected.shape:
-        return f"shape {got.shape} differs from the file's {expected.shape}"
-    if got.dtype.kind in "mM":
-        same = np.array_equal(got.view(np.int64), expected.view(np.int64))
-    elif got.dtype.kind in "fc":
-        if not np.array_equal(np.isnan(got), np.isnan(expected)):
-            return (
-                f"NaN mask differs ({int(np.isnan(got).sum())} NaN served, "
-                f"{int(np.isnan(expected).sum())} in the file)"
-            )
-        same = np.array_equal(got, expected, equal_nan=True)
-    else:
-        same = np.array_equal(got, expected)
-    return None if same else "values differ from the source file"
 
 
 def _export(config: Config, repo: Any, report: VerifyReport) -> dict[str, Any]:
