@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from refstore.config import Config
     from refstore.models import Granule
 
-__all__ = ["KINDS", "ContainerSpec", "Source", "kind_of", "source_for"]
+__all__ = ["KINDS", "ContainerSpec", "HostScoped", "Source", "kind_of", "source_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +79,21 @@ class Source(Protocol):
         """An ``obspec_utils.registry.ObjectStoreRegistry`` able to read the granules."""
         ...
 
-    def container(self) -> ContainerSpec:
-        """The Icechunk virtual chunk container the granules' references need."""
+    def containers(self) -> tuple[ContainerSpec, ...]:
+        """The Icechunk virtual chunk containers the granules' references need (one per
+        host the source may read; credentials go to these and nowhere else)."""
+        ...
+
+
+@runtime_checkable
+class HostScoped(Protocol):
+    """A source whose granule links come from metadata it does not control (CMR): its
+    login goes only to the hosts it is bound to (see :mod:`refstore.hosts`)."""
+
+    hosts: tuple[str, ...]
+
+    def with_hosts(self, hosts: tuple[str, ...]) -> Source:
+        """This source, reading (and sending its login to) ``hosts`` only."""
         ...
 
 
