@@ -95,7 +95,7 @@ class HostPolicy:
     def of(cls, prefixes: Iterable[str], configured: Iterable[str] = ()) -> HostPolicy:
         """From the repository's recorded container prefixes and ``allowed_hosts``."""
         recorded = {_safe_host(p) for p in prefixes} - {"", "file://"}
-        return cls(tuple(sorted(recorded)), tuple(configured))
+        return cls(tuple(sorted(recorded)), parse_hosts(configured))
 
     @property
     def hosts(self) -> tuple[str, ...]:
