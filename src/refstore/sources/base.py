@@ -2,7 +2,10 @@
 
 A source lists a collection's granules (:meth:`Source.discover`), tells the parsers how
 to read them (:meth:`Source.registry`) and tells Icechunk where the virtual chunks
-live (:meth:`Source.container`). Kinds are found by URL scheme and imported lazily, as
+live (:meth:`Source.containers`). A source whose links come from metadata it does not
+control (Earthdata) is :class:`HostScoped`: it is bound to the hosts its login may reach
+(:mod:`refstore.access`), and its readers, containers and export options cover those
+hosts only. Kinds are found by URL scheme and imported lazily, as
 xarray does for its backends, so a missing optional dependency is one clear error.
 
 Kinds: ``file`` (a local folder or glob), ``s3`` (a prefix or glob), ``https`` (a list
