@@ -29,7 +29,15 @@ from refstore.hosts import HostPolicy, host_of
 from refstore.sources import source_for
 from tests.conftest import run_cli
 from tests.helpers import assert_same_values, direct_read
-from tests.remote_env import CCMP, EDL_TOKEN, ccmp_catalog, ccmp_item, write_config
+from tests.remote_env import (
+    CCMP,
+    EDL_TOKEN,
+    ccmp_catalog,
+    ccmp_item,
+    files_under,
+    secret_hits,
+    write_config,
+)
 from tests.servers import CmrReplayServer, GranuleCatalog, RangeHTTPServer, granule_item
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
@@ -180,6 +188,8 @@ def test_a_foreign_granule_is_quarantined_and_never_gets_the_token(
 def test_allowing_another_host_is_deliberate_and_recorded(world: World) -> None:
     """The foreign granule lands only after its host is listed in allowed_hosts; the
     host is then recorded in the repository, and every granule still reads."""
+    import icechunk
+
     w = world
     w.write()
     w.sync()
@@ -206,6 +216,12 @@ def test_allowing_another_host_is_deliberate_and_recorded(world: World) -> None:
     assert_same_values(
         refstore.open_dataset(config, source="export").load(), direct_read(w.files[:3])
     )
+    # Recorded as containers of the repository, without the token.
+    saved = icechunk.Repository.fetch_config(icechunk.local_filesystem_storage(config.repo))
+    assert saved is not None
+    assert sorted(saved.virtual_chunk_containers or {}) == [f"{home}/", f"{foreign}/"]
+    state = files_under(w.folder / "state", w.folder / "refstore.toml")
+    assert secret_hits([EDL_TOKEN], state, [repr(saved)]) == []
 
 
 def test_a_new_store_does_not_pick_a_host_from_mixed_links(world: World) -> None:
