@@ -70,8 +70,9 @@ class Store:
     url
         A local folder or ``s3://bucket/prefix``.
     containers
-        Virtual chunk containers to authorize (the source's); local ``file://``
-        containers already saved in the repository are authorized too.
+        Virtual chunk containers to authorize with the source's credentials (its
+        allowed hosts); every other container saved in the repository is authorized
+        too, without headers, so committed granules stay readable.
     source
         The granule source, asked for container credentials when opening.
     options

@@ -338,14 +338,12 @@ class EarthdataSource:
         return http_registry(self._hosts("http"), bearer_headers(self.login))
 
     def containers(self) -> tuple[ContainerSpec, ...]:
-        """One container per allowed host: ``s3://<bucket>/`` or ``https://host[:port]/``."""
-        specs = []
-        for h in self.hosts:
-            if h.startswith("s3://"):
-                specs.append(ContainerSpec(h + "/", "s3", self.s3_options.items()))
-            else:
-                specs.append(ContainerSpec(h + "/", "http"))
-        return tuple(specs)
+        """One container per allowed host of the access mode: ``s3://<bucket>/``
+        (direct) or ``https://host[:port]/`` (external)."""
+        if self.access == "direct":
+            opts = self.s3_options.items()
+            return tuple(ContainerSpec(h + "/", "s3", opts) for h in self.hosts if h[:5] == "s3://")
+        return tuple(ContainerSpec(h + "/", "http") for h in self.hosts if h[:4] == "http")
 
     def icechunk_credentials(self) -> Any:
         """Refreshable S3 keys (direct) or plain HTTP access (external; token in headers)."""
