@@ -21,11 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import refstore
 from refstore.config import Config, load_config
 from refstore.errors import ConfigError
 from refstore.hosts import HostPolicy, host_of
+from refstore.models import Granule
 from refstore.sources import source_for
 from tests.conftest import run_cli
 from tests.helpers import assert_same_values, direct_read
@@ -312,3 +315,30 @@ def test_host_policy_rules() -> None:
     assert config.replace(allowed_hosts=("a.org/",)).allowed_hosts == ("https://a.org",)
     with pytest.raises(ConfigError, match="is not a host"):
         config.replace(allowed_hosts=("https://a.org/some/path",))
+
+
+_HOSTS = st.sampled_from(
+    ["https://a.org", "https://a.org:8443", "http://a.org", "https://b.org", "s3://bkt"]
+)
+_URLS = st.builds(lambda h, n: f"{h}/data/{n}.nc", _HOSTS, st.integers(0, 9))
+
+
+@given(
+    recorded=st.lists(_HOSTS, max_size=2),
+    configured=st.lists(_HOSTS, max_size=2),
+    urls=st.lists(_URLS, max_size=8),
+)
+def test_the_policy_lets_through_only_its_hosts_and_never_grows(
+    recorded: list[str], configured: list[str], urls: list[str]
+) -> None:
+    policy = HostPolicy.of([h + "/" for h in recorded], configured)
+    granules = [Granule(f"k{i}", u, "1") for i, u in enumerate(urls)]
+    allowed, refused = policy.split(granules)
+    assert all(host_of(g.url) in policy.hosts for g in allowed)
+    assert len(allowed) + len(refused) == len(granules)
+    assert all(
+        host_of(g.url) in f.reason
+        for g, f in zip([g for g in granules if g not in allowed], refused, strict=True)
+    )
+    if policy.decided:
+        assert policy.settle(urls) is policy
