@@ -30,18 +30,28 @@ from refstore.errors import ConfigError
 from refstore.hosts import HostPolicy, host_of
 from refstore.models import Granule
 from refstore.sources import source_for
+from refstore.verify import verify
 from tests.conftest import run_cli
 from tests.helpers import assert_same_values, direct_read
 from tests.remote_env import (
     CCMP,
     EDL_TOKEN,
+    bucket_name,
     ccmp_catalog,
     ccmp_item,
     files_under,
+    s3_section,
     secret_hits,
     write_config,
 )
-from tests.servers import CmrReplayServer, GranuleCatalog, RangeHTTPServer, granule_item
+from tests.servers import (
+    CmrReplayServer,
+    EarthdataAuthServer,
+    GranuleCatalog,
+    MotoS3Server,
+    RangeHTTPServer,
+    granule_item,
+)
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
 
@@ -342,3 +352,67 @@ def test_the_policy_lets_through_only_its_hosts_and_never_grows(
     )
     if policy.decided:
         assert policy.settle(urls) is policy
+
+
+def test_direct_access_keys_never_reach_a_foreign_bucket(
+    tmp_path: Path,
+    ccmp_archive: Callable[..., list[Path]],
+    moto: MotoS3Server,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``access = "direct"``: a granule CMR lists first in another bucket, naming another
+    ``/s3credentials`` endpoint (a tampered record), gets neither the token nor the keys."""
+    monkeypatch.setenv("EARTHDATA_TOKEN", EDL_TOKEN)
+    files = ccmp_archive(4)
+    podaac, other = bucket_name("podaac"), bucket_name("other")
+    for bucket in (podaac, other):
+        moto.make_bucket(bucket)
+        for f in files:
+            moto.upload_file(bucket, f"{CCMP}/{f.name}", f)
+    with (
+        EarthdataAuthServer(bearer_token=EDL_TOKEN) as auth,
+        EarthdataAuthServer(bearer_token=EDL_TOKEN, host="127.0.0.2") as evil,
+        MotoS3Server(session_token_validator=auth.is_session_token_valid) as nasa,
+    ):
+        catalog = ccmp_catalog(
+            files[:2], bucket=podaac, http_base=None, s3credentials_url=auth.s3credentials_url
+        )
+        catalog.link_rewrites["s3://tampered/"] = f"s3://{other}/"
+        catalog.link_rewrites["https://evil.example.net/"] = evil.base_url + "/"
+        with CmrReplayServer(catalog) as cmr:
+            write_config(
+                tmp_path,
+                {
+                    "source": s3_section(
+                        nasa, short_name=CCMP, access="direct", cmr_url=cmr.search_url
+                    ),
+                    "sync": {"executor": "serial"},
+                },
+            )
+            config = load_config(tmp_path / "refstore.toml", environ={})
+            assert len(refstore.sync(config).added) == 2
+            catalog.add(ccmp_item(files[2], 3, None))
+            catalog.add(
+                granule_item(
+                    native_id=files[3].stem,
+                    short_name=CCMP,
+                    version="3.1",
+                    begin="2023-12-31T00:00:00Z",
+                    s3_url=f"s3://tampered/{CCMP}/{files[3].name}",
+                    s3_credentials_url="https://evil.example.net/s3credentials",
+                )
+            )
+            assert next(g.key for g in source_for(config).discover()) == files[3].stem
+            result = refstore.sync(config)
+            assert result.added == (files[2].stem,)
+            (failure,) = result.quarantined
+            assert f"s3://{other}" in failure.reason and "allowed_hosts" in failure.reason
+            assert_same_values(refstore.open_dataset(config).load(), direct_read(files[:3]))
+            report = verify(config, sample=4)
+            assert report.ok and report.granules == 3
+            assert refstore.open_store(config).source.containers()[0].url_prefix == (
+                f"s3://{podaac}/"
+            )
+        touched = [r.path for r in nasa.requests if r.path.startswith(f"/{other}")]
+        assert touched == [] and evil.request_count() == 0
+        assert auth.request_count() >= 1
