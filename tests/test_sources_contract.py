@@ -20,7 +20,7 @@ import pytest
 from refstore.config import load_config
 from refstore.models import Granule
 from refstore.sources import Source, source_for
-from refstore.sources.base import kind_of
+from refstore.sources.base import HostScoped, kind_of
 from refstore.virtualize import detect_format
 from tests.conftest import GAMSSA
 from tests.remote_env import (
@@ -100,9 +100,11 @@ class SourceContract:
             assert detect_format({0: head}) is not None, (g.key, head)
 
     def test_container_prefix_covers_every_url(self, source: Source) -> None:
-        spec = source.container()
-        assert spec.url_prefix.endswith("/") and spec.kind in ("local", "s3", "http")
-        assert all(g.url.startswith(spec.url_prefix) for g in source.discover())
+        specs = source.containers()
+        assert all(s.url_prefix.endswith("/") for s in specs)
+        assert {s.kind for s in specs} <= {"local", "s3", "http"}
+        for g in source.discover():
+            assert any(g.url.startswith(s.url_prefix) for s in specs), g.url
 
     def test_pickles_without_secrets(self, source: Source) -> None:
         list(source.discover())  # credentials, if any, are in memory now
@@ -166,7 +168,7 @@ class TestS3Source(SourceContract):
         )
         source = source_for(load_config(config, environ={}))
         assert sorted(g.key for g in source.discover()) == ["b/y.nc", "x.nc"]
-        assert source.container().url_prefix == f"s3://{bucket}/a/"
+        assert [c.url_prefix for c in source.containers()] == [f"s3://{bucket}/a/"]
 
     def test_anonymous_public_bucket(
         self, moto: MotoS3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -186,7 +188,7 @@ class TestS3Source(SourceContract):
         (granule,) = source.discover()
         store, path = source.registry().resolve(granule.url)
         assert bytes(obstore.get_range(store, path, start=0, length=4)) == b"\x89HDF"
-        assert dict(source.container().options)["anonymous"] == "true"
+        assert dict(source.containers()[0].options)["anonymous"] == "true"
 
 
 class TestHttpsSource(SourceContract):
@@ -237,6 +239,7 @@ class _EarthdataContract(SourceContract):
                 s3credentials_url=auth.s3credentials_url,
             )
             with CmrReplayServer(catalog) as cmr:
+                self.hosts = [http.base_url, f"s3://{bucket}"]
                 yield cmr, nasa.endpoint_url
 
     @pytest.fixture
@@ -250,10 +253,13 @@ class _EarthdataContract(SourceContract):
             "region": "us-west-2",
             "endpoint_url": nasa_endpoint,
             "allow_http": True,
+            "allowed_hosts": self.hosts,
         }
         config = load_config(write_config(tmp_path, {"source": section}), environ={})
         assert kind_of(config) == "earthdata"
-        return source_for(config)
+        source = source_for(config)
+        assert isinstance(source, HostScoped)
+        return source.with_hosts(config.allowed_hosts)  # as refstore.access binds it
 
     @pytest.fixture
     def change(self, servers: tuple[CmrReplayServer, str]) -> Change:

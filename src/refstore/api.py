@@ -7,7 +7,6 @@ from typing import Any
 
 from refstore.config import Config, load_config
 from refstore.errors import ConfigError, NotFoundError
-from refstore.sources import source_for
 from refstore.storage import S3Options, is_local, store_options
 from refstore.store import Store
 
@@ -19,10 +18,11 @@ def _config(config: str | os.PathLike[str] | Config | None) -> Config:
 
 
 def open_store(config: str | os.PathLike[str] | Config | None = None) -> Store:
-    """The :class:`~refstore.store.Store` of a configuration, with source access granted."""
-    cfg = _config(config)
-    source = source_for(cfg)
-    return Store(cfg.repo, (source.container(),), source, options=store_options(cfg))
+    """The :class:`~refstore.store.Store` of a configuration, with source access granted
+    to the hosts the repository recorded and ``[source] allowed_hosts`` (only)."""
+    from refstore.access import open_bound
+
+    return open_bound(_config(config))[0]
 
 
 def open_export(
@@ -101,7 +101,7 @@ def _export_fs(cfg: Config) -> dict[str, dict[str, Any]] | None:
     fs: dict[str, dict[str, Any]] = {}
     if not is_local(cfg.repo):
         fs["s3"] = s3fs_options(store_options(cfg))
-    hook = getattr(source_for(cfg), "fsspec_options", None)
+    hook = getattr(open_store(cfg).source, "fsspec_options", None)
     if hook is not None:
         fs.update(hook())
     return fs or None

@@ -220,6 +220,8 @@ def status(config_path: str | None, as_json: bool) -> None:
         return
     click.echo(f"store     {info['repo']}")
     click.echo(f"head      {info['head'] or '(empty)'}")
+    hosts = ", ".join(f"{h['host']} ({h['from']})" for h in info["hosts"])
+    click.echo(f"hosts     {hosts or '(none yet: decided by the first sync)'}")
     click.echo(f"coverage  {info['start']} .. {info['end']}  ({info['length']} steps)")
     counts = ", ".join(f"{n} {s}" for s, n in sorted(info["counts"].items())) or "none"
     click.echo(f"granules  {counts}")

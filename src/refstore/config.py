@@ -22,6 +22,7 @@ Remote sources and stores add keys (see the README, "Real-world use: NASA Earthd
     short_name = "CCMP_WINDS_10M6HR_L4_V3.1"   # or concept_id: an Earthdata (CMR) collection
     version = "3.1"                # provider, temporal = [start, end], access = direct|external
     cmr_url = "https://cmr.earthdata.nasa.gov/search/"   # edl_url, s3_credentials_url, login
+    allowed_hosts = ["archive.podaac.earthdata.nasa.gov"]  # where the login may be sent
     [store]
     repo = "s3://bucket/refs/ccmp"                   # region, endpoint_url, allow_http
     export = "s3://bucket/exports/ccmp.parquet"
@@ -45,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from refstore.errors import ConfigError
+from refstore.hosts import parse_hosts
 
 __all__ = ["DEFAULT_CONFIG_NAME", "Config", "load_config", "render_toml"]
 
@@ -86,6 +88,7 @@ class Config:
     s3_credentials_url: str | None = None
     login: str | None = None
     token_env: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
     source_region: str | None = None
     source_endpoint_url: str | None = None
     source_allow_http: bool = False
@@ -121,6 +124,8 @@ class Config:
                 f"[source] temporal must be [start, end], got {list(self.temporal)!r}.",
                 'Use e.g. temporal = ["2024-01-01", "2024-12-31"] ("" or no end: open).',
             )
+        # Normalized once ("host" -> "https://host"), so every comparison is exact.
+        object.__setattr__(self, "allowed_hosts", parse_hosts(self.allowed_hosts))
         if self.batch_size < 1:
             raise ConfigError(
                 f"[sync] batch_size must be at least 1, got {self.batch_size}.",
@@ -162,6 +167,7 @@ _SCHEMA: dict[tuple[str, str], tuple[str, type]] = {
     ("source", "s3_credentials_url"): ("s3_credentials_url", str),
     ("source", "login"): ("login", str),
     ("source", "token_env"): ("token_env", str),
+    ("source", "allowed_hosts"): ("allowed_hosts", list),
     ("source", "region"): ("source_region", str),
     ("source", "endpoint_url"): ("source_endpoint_url", str),
     ("source", "allow_http"): ("source_allow_http", bool),
@@ -316,6 +322,8 @@ def load_config(
             values[name] = _resolve(values[name], root)
     if values.get("loadable_variables") is not None:
         values["loadable_variables"] = tuple(values["loadable_variables"])
+    if values.get("allowed_hosts") is not None:
+        values["allowed_hosts"] = tuple(values["allowed_hosts"])
     if values.get("temporal") is not None:
         values["temporal"] = tuple(values["temporal"])
     unknown = set(values) - {f.name for f in dataclasses.fields(Config)}

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from refstore.access import describe_hosts, open_bound
 from refstore.admit import from_json_value
 from refstore.config import Config
 from refstore.ledger import Ledger
 from refstore.models import Status
-from refstore.sources import source_for
-from refstore.storage import store_options
 from refstore.store import Store
 from refstore.virtualize import format_value
 
@@ -48,14 +47,14 @@ def gather_status(config: Config) -> dict[str, Any]:
     """A JSON-ready summary of the store and its ledger."""
     ledger = Ledger(config.ledger)
     try:
-        source = source_for(config)
-        store = Store(config.repo, (source.container(),), source, options=store_options(config))
+        store, policy = open_bound(config)
         head = store.head() if store.exists() else None
         return {
             "repo": config.repo,
             "ledger": config.ledger,
             "export": config.export,
             "head": head.snapshot if head else None,
+            "hosts": describe_hosts(store, policy),
             "start": format_value(from_json_value(head.first)) if head else None,
             "end": format_value(from_json_value(head.last)) if head else None,
             "length": head.length if head else 0,

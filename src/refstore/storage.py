@@ -39,6 +39,7 @@ __all__ = [
     "origin",
     "repo_storage",
     "s3_store",
+    "spec_for_prefix",
     "split_s3_url",
     "store_options",
 ]
@@ -252,13 +253,22 @@ def container_store_config(spec: ContainerSpec, headers: dict[str, str] | None =
     raise ConfigError(f"Unsupported virtual chunk container {spec.url_prefix!r} ({spec.kind}).")
 
 
+def spec_for_prefix(prefix: str) -> ContainerSpec:
+    """A container recorded in a repository, from its URL prefix alone (no options)."""
+    scheme = prefix.split("://", 1)[0].lower()
+    kind = {"file": "local", "s3": "s3", "http": "http", "https": "http"}.get(scheme, scheme)
+    return ContainerSpec(prefix, kind)
+
+
 def container_open_config(specs: tuple[ContainerSpec, ...], source: Any | None) -> Any:
     """The ``RepositoryConfig`` to pass when *opening* a repository.
 
     - Retries with backoff for every request, virtual chunk reads included (measured
       with Icechunk 2.3: without explicit settings a virtual chunk read fails on the
       first HTTP 503);
-    - HTTP containers get the source's headers (a bearer token).
+    - HTTP containers get the source's headers (a bearer token): ``specs`` must be
+      the source's own containers, its allowed hosts (:mod:`refstore.hosts`), never a
+      container named by a granule link.
 
     Icechunk merges this with the saved config in memory; it is never saved (refstore
     never calls ``save_config`` on a repository opened with it).
@@ -296,10 +306,11 @@ def container_credentials(spec: ContainerSpec, source: Any | None = None) -> Any
     if spec.kind == "local":
         return LocalFileSystemAccess
     provider = getattr(source, "icechunk_credentials", None)
-    if provider is not None:
-        credential = provider()
-    elif spec.kind == "http":
+    credential: Any
+    if spec.kind == "http":
         credential = HttpAccess  # headers, if any, come with container_open_config
+    elif provider is not None:
+        credential = provider()
     elif spec.kind == "s3" and S3Options.from_items(spec.options).anonymous:
         credential = icechunk.s3_anonymous_credentials()
     elif spec.kind == "s3":

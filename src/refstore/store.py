@@ -73,8 +73,9 @@ class Store:
     url
         A local folder or ``s3://bucket/prefix``.
     containers
-        Virtual chunk containers to authorize (the source's); local ``file://``
-        containers already saved in the repository are authorized too.
+        Virtual chunk containers to authorize with the source's credentials (its
+        allowed hosts); every other container saved in the repository is authorized
+        too, without headers, so committed granules stay readable.
     source
         The granule source, asked for container credentials when opening.
     options
@@ -121,17 +122,60 @@ class Store:
         return bool(icechunk.Repository.exists(self._storage()))
 
     def _authorizations(self, saved: dict[str, Any] | None) -> dict[str, Any]:
-        from icechunk.credentials import LocalFileSystemAccess
-
-        from refstore.storage import container_credentials
+        """Access to the source's containers and to every container the repository
+        recorded, so committed granules stay readable whatever the source lists next
+        (recorded containers the source does not name get no header)."""
+        from refstore.storage import container_credentials, spec_for_prefix
 
         auth: dict[str, Any] = {
             c.url_prefix: container_credentials(c, self.source) for c in self.containers
         }
         for prefix in saved or {}:
-            if prefix.startswith("file://"):
-                auth.setdefault(prefix, LocalFileSystemAccess)
+            if prefix not in auth:
+                spec = spec_for_prefix(prefix)
+                source = self.source if spec.kind == "s3" else None
+                auth[prefix] = container_credentials(spec, source)
         return auth
+
+    def recorded_prefixes(self) -> tuple[str, ...]:
+        """URL prefixes of the virtual chunk containers saved in the repository (none
+        without a repository). Reads the saved config only; grants nothing."""
+        import icechunk
+
+        storage = self._storage()
+        if not icechunk.Repository.exists(storage):
+            return ()
+        saved = icechunk.Repository.fetch_config(storage)
+        return tuple(sorted((saved.virtual_chunk_containers or {}) if saved else {}))
+
+    def record_containers(self, specs: tuple[ContainerSpec, ...]) -> None:
+        """Save ``specs`` as virtual chunk containers of the existing repository.
+
+        The saved config holds no secret: it is written from a handle opened without
+        the in-memory headers of :meth:`_open_config`.
+
+        Raises
+        ------
+        StoreError
+            The config could not be saved.
+        """
+        import icechunk
+
+        from refstore.storage import container_store_config
+
+        if not specs:
+            return
+        storage = self._storage()
+        config = icechunk.Repository.fetch_config(storage) or icechunk.RepositoryConfig.default()
+        for c in specs:
+            config.set_virtual_chunk_container(
+                icechunk.VirtualChunkContainer(c.url_prefix, container_store_config(c))
+            )
+        try:
+            icechunk.Repository.open(storage, config=config).save_config()
+        except icechunk.IcechunkError as e:
+            raise StoreError(f"Cannot record containers in {self.url}: {e}") from e
+        self._repo = None  # reopened with the new containers on next use
 
     @property
     def repo(self) -> Any:

@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from refstore import batch as batching
+from refstore.access import bind, open_bound, scopes_hosts
 from refstore.admit import Admission, admit, from_json_value, order_key, stable_attrs
 from refstore.config import Config
 from refstore.executors import Executor, Result, open_executor, virtualize_all
 from refstore.faults import checkpoint
+from refstore.hosts import HostPolicy, host_of
 from refstore.ledger import Ledger
 from refstore.lock import store_lock
 from refstore.models import Failure, Granule, Placement, Status, SyncResult
@@ -346,6 +348,28 @@ class _Run:
         return snapshot, sequence if mode == "append" else []
 
 
+def _keep_to_hosts(
+    config: Config, store: Store, policy: HostPolicy, todo: Sequence[Granule]
+) -> tuple[Store, list[Granule], list[Failure]]:
+    """Settle the hosts the login may reach and set aside granules on any other host.
+
+    A new repository without ``allowed_hosts`` takes the one host of its first granules;
+    allowed hosts not yet recorded in the repository are recorded now (a deliberate
+    change of ``allowed_hosts``, never a side effect of what CMR lists).
+    """
+    if not scopes_hosts(store.source):
+        return store, list(todo), []
+    settled = policy.settle(g.url for g in todo)
+    if settled is not policy:
+        store = bind(config, store.source, settled)
+    allowed, refused = settled.split(todo)
+    new = settled.unrecorded()
+    if new and store.exists():
+        store.record_containers(tuple(c for c in store.containers if host_of(c.url_prefix) in new))
+        log.info("recorded host(s) %s for the login ([source] allowed_hosts)", ", ".join(new))
+    return store, allowed, refused
+
+
 def sync(
     config: Config,
     *,
@@ -379,7 +403,7 @@ def sync(
     with store_lock(config.ledger, wait=wait):
         ledger = Ledger(config.ledger)
         run_id = ledger.start_run()
-        store = Store(config.repo, (source.container(),), source, options=store_options(config))
+        store, policy = open_bound(config, source)
         try:
             t0 = time.perf_counter()
             healed = reconcile(store, ledger)
@@ -405,16 +429,19 @@ def sync(
             }
             checkpoint("after-discovery")
             ledger.record_seen(plan.todo, run_id)
-            on_done = progress(len(plan.todo), "virtualizing") if progress and plan.todo else None
-            run = _Run(config, store, source, ledger, run_id, replaced, on_done)
+            store, todo, refused = _keep_to_hosts(config, store, policy, plan.todo)
+            ledger.quarantine(refused, run_id)
+            on_done = progress(len(todo), "virtualizing") if progress and todo else None
+            run = _Run(config, store, store.source, ledger, run_id, replaced, on_done)
+            run.failures += refused
             run.timings["discover"] = time.perf_counter() - t0
             with open_executor(
                 config.executor,
-                len(plan.todo),
+                len(todo),
                 workers=config.workers,
                 dask_address=config.dask_address,
             ) as run.pool:
-                for chunk in batches(plan.todo, config.batch_size):
+                for chunk in batches(todo, config.batch_size):
                     run.process(chunk)
             if incremental:  # every granule listed is now committed, quarantined or queued
                 marks = [g.modified for g in discovered if g.modified]
@@ -424,7 +451,7 @@ def sync(
             export_path = None
             if store.exists() and ledger.get_meta(EXPORTED) != store.head_snapshot():
                 t = time.perf_counter()
-                export_path = export_head(config, store, source, ledger)
+                export_path = export_head(config, store, store.source, ledger)
                 run.timings["export"] = time.perf_counter() - t
             ledger.finish_run(
                 run_id,

@@ -11,8 +11,9 @@ Serves the files under ``root`` (read-only, no directory listings) at
 - ``If-Match`` (``412`` on mismatch), ``If-None-Match`` (``304``) and ``If-Range`` (full ``200``
   when the validator no longer matches) so clients can detect a file that changed under them.
 - ``bearer_token``: when set, requests without ``Authorization: Bearer <token>`` get ``401``.
-- thread-safe per-path counters (:class:`PathStats`): requests, bytes of body sent, status codes,
-  served ranges, so a test can assert exactly what a client read.
+- thread-safe per-path counters (:class:`PathStats`): requests, requests carrying an
+  ``Authorization`` header, bytes of body sent, status codes, served ranges, so a test can
+  assert exactly what a client read and which credentials reached this server.
 - fault injection: :meth:`RangeHTTPServer.fail_next` (next *n* requests answer ``status``) and
   :meth:`RangeHTTPServer.delay_next` (next *n* requests sleep first).
 
@@ -80,6 +81,7 @@ class PathStats:
     gets: int = 0
     heads: int = 0
     range_requests: int = 0
+    authorized: int = 0  # requests that carried an Authorization header (any value)
     bytes_sent: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
     ranges: list[tuple[int, int]] = field(default_factory=list)  # served [start, end) of 206s
@@ -90,6 +92,7 @@ class PathStats:
             self.gets,
             self.heads,
             self.range_requests,
+            self.authorized,
             self.bytes_sent,
             Counter(self.statuses),
             list(self.ranges),
@@ -107,7 +110,8 @@ class _RangeHandler(QuietHandler):
         srv: RangeHTTPServer = self.owner
         rel = unquote(urlsplit(self.path).path).lstrip("/")
         is_range = self.headers.get("Range") is not None
-        srv._count(rel, method=self.command, is_range=is_range)
+        authorized = self.headers.get("Authorization") is not None
+        srv._count(rel, method=self.command, is_range=is_range, authorized=authorized)
 
         # Counters are updated *before* bytes go out, so a client that got its response
         # always sees them (no race with the handler thread).
@@ -241,10 +245,11 @@ class RangeHTTPServer(LoopbackHTTPServer):
         return f"{self.base_url}/{p.as_posix()}"
 
     # -- counters ------------------------------------------------------------------------------
-    def _count(self, rel: str, *, method: str, is_range: bool) -> None:
+    def _count(self, rel: str, *, method: str, is_range: bool, authorized: bool = False) -> None:
         with self._lock:
             st = self._stats.setdefault(rel, PathStats())
             st.requests += 1
+            st.authorized += authorized
             st.gets += method == "GET"
             st.heads += method == "HEAD"
             st.range_requests += is_range
@@ -275,6 +280,12 @@ class RangeHTTPServer(LoopbackHTTPServer):
     def total_requests(self) -> int:
         with self._lock:
             return sum(s.requests for s in self._stats.values())
+
+    @property
+    def authorization_headers(self) -> int:
+        """Requests (any path) that carried an ``Authorization`` header."""
+        with self._lock:
+            return sum(s.authorized for s in self._stats.values())
 
     @property
     def total_bytes(self) -> int:

@@ -2,7 +2,10 @@
 
 A source lists a collection's granules (:meth:`Source.discover`), tells the parsers how
 to read them (:meth:`Source.registry`) and tells Icechunk where the virtual chunks
-live (:meth:`Source.container`). Kinds are found by URL scheme and imported lazily, as
+live (:meth:`Source.containers`). A source whose links come from metadata it does not
+control (Earthdata) is :class:`HostScoped`: it is bound to the hosts its login may reach
+(:mod:`refstore.access`), and its readers, containers and export options cover those
+hosts only. Kinds are found by URL scheme and imported lazily, as
 xarray does for its backends, so a missing optional dependency is one clear error.
 
 Kinds: ``file`` (a local folder or glob), ``s3`` (a prefix or glob), ``https`` (a list
@@ -28,7 +31,7 @@ if TYPE_CHECKING:
     from refstore.config import Config
     from refstore.models import Granule
 
-__all__ = ["KINDS", "ContainerSpec", "Source", "kind_of", "source_for"]
+__all__ = ["KINDS", "ContainerSpec", "HostScoped", "Source", "kind_of", "source_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +82,21 @@ class Source(Protocol):
         """An ``obspec_utils.registry.ObjectStoreRegistry`` able to read the granules."""
         ...
 
-    def container(self) -> ContainerSpec:
-        """The Icechunk virtual chunk container the granules' references need."""
+    def containers(self) -> tuple[ContainerSpec, ...]:
+        """The Icechunk virtual chunk containers the granules' references need (one per
+        host the source may read; credentials go to these and nowhere else)."""
+        ...
+
+
+@runtime_checkable
+class HostScoped(Protocol):
+    """A source whose granule links come from metadata it does not control (CMR): its
+    login goes only to the hosts it is bound to (see :mod:`refstore.hosts`)."""
+
+    hosts: tuple[str, ...]
+
+    def with_hosts(self, hosts: tuple[str, ...]) -> Source:
+        """This source, reading (and sending its login to) ``hosts`` only."""
         ...
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlencode, urlsplit
@@ -32,12 +32,14 @@ from refstore.credentials import (
     retrying_session,
 )
 from refstore.errors import ConfigError, SourceError
+from refstore.hosts import HostPolicy
+from refstore.http_auth import scoped_http_options
 from refstore.models import Granule
 from refstore.sources.base import ContainerSpec
 from refstore.sources.https import bearer_headers, http_registry
 from refstore.sources.local import is_data_name
 from refstore.sources.s3 import s3_registry
-from refstore.storage import S3Options, origin, split_s3_url
+from refstore.storage import S3Options
 
 if TYPE_CHECKING:
     from refstore.config import Config
@@ -99,6 +101,9 @@ class EarthdataSource:
         ``"direct"`` (S3, in us-west-2) or ``"external"`` (HTTPS).
     login
         Where the Earthdata Login comes from.
+    hosts
+        The hosts the login may reach (``https://host[:port]`` or ``s3://bucket``):
+        readers, containers and export options are built for these only.
     s3_credentials_url
         The DAAC's ``/s3credentials`` (default: from the granules' metadata).
     s3_options
@@ -119,7 +124,10 @@ class EarthdataSource:
     s3_credentials_url: str | None = None
     s3_options: S3Options = field(default_factory=lambda: S3Options(region="us-west-2"))
     page_size: int = MAX_PAGE_SIZE
-    # One sample granule from CMR (container prefix, credentials endpoint); not secret.
+    # Where the login may be sent (decided by the caller from the repository and
+    # [source] allowed_hosts; see refstore.hosts), never from a CMR response.
+    hosts: tuple[str, ...] = ()
+    # The /s3credentials endpoint named by a granule on an allowed host; not secret.
     _sample: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     incremental: ClassVar[bool] = True
 
@@ -245,8 +253,8 @@ class EarthdataSource:
         if not key or link is None:
             log.warning("CMR granule %s has no %s data link; skipped", key or meta, self.access)
             return None
-        if not self._sample:
-            self._sample["link"] = link
+        if not self._sample and self._allows(link):
+            # Only a granule on an allowed host may name the /s3credentials endpoint.
             self._sample["s3credentials"] = data.get_s3_credentials_endpoint()
         return Granule(
             key=str(key),
@@ -256,21 +264,48 @@ class EarthdataSource:
             modified=meta.get("revision-date"),
         )
 
-    def _sample_link(self) -> str:
-        """A data link of one granule (asked from CMR once, then remembered)."""
+    # -- where the login may go -------------------------------------------------------
+    def with_hosts(self, hosts: tuple[str, ...]) -> EarthdataSource:
+        """This source with the hosts its login may reach (see :mod:`refstore.hosts`)."""
+        return replace(self, hosts=tuple(hosts), _sample={})
+
+    def _allows(self, url: str) -> bool:
+        return HostPolicy(self.hosts).allows(url)
+
+    def _hosts(self, scheme: str) -> list[str]:
+        """The allowed hosts of one kind (``"s3"`` or ``"http"``, which includes https).
+
+        Raises
+        ------
+        ConfigError
+            No host is allowed yet (no repository, no ``allowed_hosts``).
+        """
+        if not self.hosts:
+            raise ConfigError(
+                f"No host is allowed to receive the Earthdata login for {self.url} yet.",
+                "Run `refstore sync` (the first sync records the collection's data host) "
+                "or set [source] allowed_hosts.",
+            )
+        return [h for h in self.hosts if h.split("://", 1)[0].startswith(scheme)]
+
+    def _sample_endpoint(self) -> str | None:
+        """The /s3credentials endpoint named by a granule on an allowed host."""
         if not self._sample:
-            for page in self._pages(self._query(None), 1):
+            for page in self._pages(self._query(None), 50):
                 for item in page:
-                    if self._to_granule(item) is not None:
+                    self._to_granule(item)
+                    if self._sample:
                         break
-                break
+                if self._sample:
+                    break
         if not self._sample:
             raise SourceError(
-                f"CMR lists no granule with {self.access} access for {self.url}.",
+                f"CMR lists no granule with {self.access} access on an allowed host "
+                f"({', '.join(self.hosts) or 'none'}) for {self.url}.",
                 "Check [source] short_name/concept_id, version, provider, temporal, "
-                "access and cmr_url (UAT and production hold different collections).",
+                "access, cmr_url and allowed_hosts.",
             )
-        return str(self._sample["link"])
+        return self._sample.get("s3credentials") or None
 
     # -- reading --------------------------------------------------------------------
     def s3_credentials(self) -> EarthdataS3Credentials:
@@ -283,8 +318,8 @@ class EarthdataSource:
         """
         url = self.s3_credentials_url
         if url is None:
-            self._sample_link()
-            url = self._sample.get("s3credentials")
+            self._hosts("s3")
+            url = self._sample_endpoint()
         if not url:
             raise ConfigError(
                 f"No /s3credentials endpoint for {self.url}.",
@@ -294,19 +329,20 @@ class EarthdataSource:
         return EarthdataS3Credentials(url, self.login)
 
     def registry(self) -> Any:
-        """Readers for the data links: S3 with refreshing keys, or HTTPS with a token."""
-        link = self._sample_link()
+        """Readers for the allowed hosts only: S3 with refreshing keys, or HTTPS with the
+        token. A link on any other host resolves to no reader at all."""
         if self.access == "direct":
-            bucket = split_s3_url(link)[0]
-            return s3_registry({bucket}, self.s3_options, self.s3_credentials())
-        return http_registry([link], bearer_headers(self.login))
+            buckets = {h.removeprefix("s3://") for h in self._hosts("s3")}
+            return s3_registry(buckets, self.s3_options, self.s3_credentials())
+        return http_registry(self._hosts("http"), bearer_headers(self.login))
 
-    def container(self) -> ContainerSpec:
-        """``s3://<bucket>/`` (direct) or the HTTPS server (external) of the links."""
-        link = self._sample_link()
+    def containers(self) -> tuple[ContainerSpec, ...]:
+        """One container per allowed host of the access mode: ``s3://<bucket>/``
+        (direct) or ``https://host[:port]/`` (external)."""
         if self.access == "direct":
-            return ContainerSpec(f"s3://{split_s3_url(link)[0]}/", "s3", self.s3_options.items())
-        return ContainerSpec(origin(link) + "/", "http")
+            opts = self.s3_options.items()
+            return tuple(ContainerSpec(h + "/", "s3", opts) for h in self.hosts if h[:5] == "s3://")
+        return tuple(ContainerSpec(h + "/", "http") for h in self.hosts if h[:4] == "http")
 
     def icechunk_credentials(self) -> Any:
         """Refreshable S3 keys (direct) or plain HTTP access (external; token in headers)."""
@@ -317,17 +353,18 @@ class EarthdataSource:
         return HttpAccess
 
     def http_headers(self) -> dict[str, str]:
-        """The EDL bearer token for HTTPS links (memory only)."""
+        """The EDL bearer token for HTTPS links (memory only); the containers it is
+        given to are those of :meth:`containers`, the allowed hosts."""
         return bearer_headers(self.login) if self.access == "external" else {}
 
     def fsspec_options(self) -> dict[str, dict[str, Any]]:
-        """fsspec options to read the granules from an export: the token (external),
-        or a snapshot of the temporary keys (direct; fsspec does not refresh them)."""
+        """fsspec options to read the granules from an export: the token for the allowed
+        hosts only (external), or a snapshot of the temporary keys (direct; fsspec does
+        not refresh them)."""
         from refstore.export_s3 import s3fs_options
 
         if self.access == "external":
-            headers = self.http_headers()
-            return {p: {"headers": headers} for p in ("http", "https")}
+            return scoped_http_options(self._hosts("http"), self.login)
         keys = self.s3_credentials().current()
         return {
             "s3": {

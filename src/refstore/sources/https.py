@@ -24,6 +24,8 @@ from urllib.parse import unquote, urlsplit
 
 from refstore.credentials import DEFAULT_EDL_URL, DEFAULT_TOKEN_ENV, EarthdataLogin
 from refstore.errors import ConfigError, SourceError
+from refstore.hosts import host_of
+from refstore.http_auth import scoped_http_options
 from refstore.models import Granule
 from refstore.sources.base import ContainerSpec
 from refstore.storage import http_store, origin
@@ -185,9 +187,12 @@ class HttpsSource:
         return bearer_headers(self.login)
 
     def fsspec_options(self) -> dict[str, dict[str, Any]]:
-        """fsspec options to read the granules from an export (the bearer token)."""
-        headers = self.http_headers()
-        return {p: {"headers": headers} if headers else {} for p in ("http", "https")}
+        """fsspec options to read the granules from an export: the bearer token for the
+        list's server only."""
+        if self.login is None:
+            return {}
+        hosts = [host_of(c.url_prefix) for c in self.containers()]
+        return scoped_http_options(hosts, self.login)
 
     def check_access(self) -> None:
         """Raise a ConfigError with a hint when a configured token is missing."""
@@ -197,7 +202,7 @@ class HttpsSource:
         """A registry reading the listed URLs' origins with obstore."""
         return http_registry(self.urls(), self.http_headers())
 
-    def container(self) -> ContainerSpec:
+    def containers(self) -> tuple[ContainerSpec, ...]:
         """An HTTP container over the URLs' origin.
 
         Raises
@@ -212,4 +217,4 @@ class HttpsSource:
                 f"{', '.join(origins) or 'none'}.",
                 "Use one list (and one refstore.toml) per server, with at least one URL.",
             )
-        return ContainerSpec(origins[0] + "/", "http")
+        return (ContainerSpec(origins[0] + "/", "http"),)

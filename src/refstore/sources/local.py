@@ -133,7 +133,7 @@ class LocalSource:
 
         return ObjectStoreRegistry({"file://": LocalStore()})
 
-    def container(self) -> ContainerSpec:
+    def containers(self) -> tuple[ContainerSpec, ...]:
         """A ``file://`` container over the source folder."""
         prefix = self.root.resolve().as_uri().rstrip("/") + "/"
-        return ContainerSpec(url_prefix=prefix, kind="local")
+        return (ContainerSpec(url_prefix=prefix, kind="local"),)

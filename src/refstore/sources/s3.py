@@ -148,9 +148,9 @@ class S3Source:
 
         return {"s3": s3fs_options(self.options)}
 
-    def container(self) -> ContainerSpec:
+    def containers(self) -> tuple[ContainerSpec, ...]:
         """An ``s3://bucket/prefix/`` container with the (non-secret) endpoint options."""
-        return ContainerSpec(f"s3://{self.bucket}/{self.root}", "s3", self.options.items())
+        return (ContainerSpec(f"s3://{self.bucket}/{self.root}", "s3", self.options.items()),)
 
 
 def _first_line(e: BaseException) -> str:
