@@ -189,9 +189,19 @@ def commit_info(snapshot: str, message: str, written_at: str, meta: dict[str, An
     revisions = tuple(meta.get("revisions", ("",) * n))
     placed: tuple[Placement, ...] = ()
     if "offsets" in meta and "lengths" in meta:
+        native: list[dict[str, list[int]]] = meta.get("native") or [{}] * n
         placed = tuple(
-            Placement(key, rev, url, offset, length, first, last)
-            for key, rev, url, offset, length, first, last in zip(
+            Placement(
+                key,
+                rev,
+                url,
+                offset,
+                length,
+                first,
+                last,
+                tuple((name, int(s), int(e)) for name, (s, e) in sorted(rows.items())),
+            )
+            for key, rev, url, offset, length, first, last, rows in zip(
                 keys,
                 revisions,
                 meta.get("urls", ("",) * n),
@@ -199,6 +209,7 @@ def commit_info(snapshot: str, message: str, written_at: str, meta: dict[str, An
                 meta["lengths"],
                 meta.get("firsts", (None,) * n),
                 meta.get("lasts", (None,) * n),
+                native,
                 strict=True,
             )
         )
