@@ -196,3 +196,22 @@ def test_late_uneven_granule_goes_in_place_and_time_travel_sees_before(  # type:
     assert result.added == (late[0].name,), [f.reason for f in result.quarantined]
     _assert_served_equal(config, [files[0], late[0], files[1]])
     _assert_served_equal(config, files, at="before")
+    # The last granule revised shorter (2 chunks -> 1): no chunk is left past the grid.
+    profile_granule(files[1], 3000, 20)
+    result = refstore.sync(config)
+    assert result.added == (files[1].name,), [f.reason for f in result.quarantined]
+    _assert_served_equal(config, [files[0], late[0], files[1]])
+    kinds = _chunk_kinds(config, "temp")
+    assert [k == "virtual" for k in kinds] == [True, True, False, False, False], kinds
+    assert _stored_chunks(config, "temp") == [(i, 0) for i in range(5)]
+
+
+def _stored_chunks(config: Any, name: str) -> list[tuple[int, ...]]:
+    import asyncio
+
+    session = refstore.open_store(config).session()
+
+    async def collect() -> list[tuple[int, ...]]:
+        return [c async for c in session.chunk_coordinates(f"/{name}")]
+
+    return sorted(asyncio.run(collect()))
