@@ -16,9 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import refstore  # noqa: E402
-from refstore.config import load_config, render_toml  # noqa: E402
-from tests.granule_factory import profile_granule  # noqa: E402
+from tests.granule_factory import profile_granule
+
+import refstore
+from refstore.config import load_config, render_toml
 
 
 def run(n: int, length: int) -> dict[str, object]:
