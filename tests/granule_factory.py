@@ -150,7 +150,13 @@ FACTORIES: dict[str, Callable[[Path], Path]] = {
 
 
 def profile_granule(
-    path: Path, start: int, length: int, *, chunk: int = 120, seconds: int = 60
+    path: Path,
+    start: int,
+    length: int,
+    *,
+    chunk: int = 120,
+    seconds: int = 60,
+    dtype: str = "f4",
 ) -> Path:
     """An Argo/ICESat-like netCDF4 granule of ``length`` profiles along ``time``, stored
     in ``chunk``-profile HDF5 chunks (shuffle + deflate): when ``length`` is not a
@@ -159,7 +165,7 @@ def profile_granule(
 
     steps = np.arange(start, start + length, dtype="i8")
     rng = np.random.default_rng(start)
-    temp = rng.normal(15.0, 5.0, (length, 4)).astype("f4")
+    temp = rng.normal(15.0, 5.0, (length, 4)).astype(dtype)
     temp[rng.random((length, 4)) < 0.05] = np.nan
     ds = xr.Dataset(
         {

@@ -215,3 +215,18 @@ def _stored_chunks(config: Any, name: str) -> list[tuple[int, ...]]:
         return [c async for c in session.chunk_coordinates(f"/{name}")]
 
     return sorted(asyncio.run(collect()))
+
+
+def test_layout_is_chosen_once_for_admission_and_write(  # type: ignore[no-untyped-def]
+    make_config, incoming: Path
+) -> None:
+    # The odd granule that makes "auto" pick rectilinear is itself quarantined (dtype):
+    # the two others (same length, different chunks) are still written rectilinear.
+    a = profile_granule(incoming / "a.nc", 0, 240)
+    profile_granule(incoming / "b.nc", 1000, 360, dtype="f8")
+    c = profile_granule(incoming / "c.nc", 2000, 240, chunk=240)
+    result = refstore.sync(make_config())
+    assert result.added == ("a.nc", "c.nc"), [f.reason for f in result.quarantined]
+    (failure,) = result.quarantined
+    assert "temp: dtype" in failure.reason
+    _assert_served_equal(make_config(), [a, c])

@@ -150,6 +150,7 @@ class _Run:
             [vg.granule.key for vg in ok], {vg.granule.key: (vg.start, vg.end) for vg in ok}
         )
         checkpoint("after-virtualization")
+        layout = self._layout(ok, head)  # admitted and written by the same rules
         admission = admit(
             ok,
             store_signature=head.signature if head else None,
@@ -157,7 +158,7 @@ class _Run:
             store_length=head.length if head else 0,
             replaced=self.replaced,
             placements=self.ledger.placements,
-            layout=self._layout(ok, head),
+            layout=layout,
         )
         failures += admission.rejected
         if admission.rewrite_from is not None:
@@ -168,7 +169,6 @@ class _Run:
         self.failures += failures
         if admission.accepted:
             t = time.perf_counter()
-            layout = self._layout(admission.accepted, head)
             snapshot, appended = self._commit(admission, head, layout)
             self._time("commit", t)
             if head is not None and appended and layout == REGULAR:
