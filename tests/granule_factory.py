@@ -147,3 +147,42 @@ FACTORIES: dict[str, Callable[[Path], Path]] = {
     "scale_offset_filter": scale_offset_filter,
     "compact_layout": compact_layout,
 }
+
+
+def profile_granule(
+    path: Path,
+    start: int,
+    length: int,
+    *,
+    chunk: int = 120,
+    seconds: int = 60,
+    dtype: str = "f4",
+) -> Path:
+    """An Argo/ICESat-like netCDF4 granule of ``length`` profiles along ``time``, stored
+    in ``chunk``-profile HDF5 chunks (shuffle + deflate): when ``length`` is not a
+    multiple of ``chunk`` the last chunk is partial and padded in the file."""
+    import xarray as xr
+
+    steps = np.arange(start, start + length, dtype="i8")
+    rng = np.random.default_rng(start)
+    temp = rng.normal(15.0, 5.0, (length, 4)).astype(dtype)
+    temp[rng.random((length, 4)) < 0.05] = np.nan
+    ds = xr.Dataset(
+        {
+            "temp": (("time", "level"), temp, {"units": "degC"}),
+            "flag": (("time",), (steps % 7).astype("i1")),
+        },
+        coords={
+            "time": ("time", steps * seconds, {"units": "seconds since 2024-01-01"}),
+            "level": ("level", np.array([0.0, 10.0, 50.0, 100.0], "f4")),
+        },
+    )
+    ds.time.encoding["dtype"] = "i8"
+    encoding = {
+        "temp": {"chunksizes": (chunk, 4), "zlib": True, "shuffle": True, "_FillValue": -999.0},
+        "flag": {"chunksizes": (chunk,), "zlib": True},
+        "time": {"chunksizes": (chunk,)},
+    }
+    # Unlimited like most real profile files: a chunk may then exceed the data.
+    ds.to_netcdf(path, engine="h5netcdf", encoding=encoding, unlimited_dims=("time",))
+    return path

@@ -155,14 +155,14 @@ def test_fidelity_table(row: Row, make_config, arrive, tmp_path: Path) -> None: 
         _assert_equal(served_raw, _direct(path, row.group, **raw), f"{where} (raw)")
 
 
-def test_unequal_ascat_orbits_are_quarantined_on_append(make_config, arrive) -> None:  # type: ignore[no-untyped-def]
+def test_both_ascat_orbits_land_in_one_store(make_config, arrive) -> None:  # type: ignore[no-untyped-def]
     from tests.conftest import ASCAT
 
     config = make_config(concat_dim="NUMROWS")
     arrive(*ASCAT)
     result = refstore.sync(config)
-    # Contiguous netCDF-3 storage is one chunk per file: the second orbit (1584 rows,
-    # not 1632) cannot extend the chunk grid (issue 10 lifts this).
-    assert result.added == (ASCAT[0].name,)
-    (failure,) = result.quarantined
-    assert "chunk shape" in failure.reason
+    # Contiguous netCDF-3: one chunk per orbit, 1632 and 1584 rows; a rectilinear chunk
+    # grid takes both (tests/test_layouts.py checks the values and a third orbit).
+    assert result.added == tuple(p.name for p in ASCAT), [f.reason for f in result.quarantined]
+    served = refstore.open_dataset(config)
+    assert served.sizes["NUMROWS"] == 1632 + 1584

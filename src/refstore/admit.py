@@ -2,7 +2,8 @@
 
 A granule is admitted when its drift signature equals the store's, its concat-dim
 values come strictly after the store's last value and after the previous admitted
-granule, and it covers a whole number of chunks along the concat dim. Everything else
+granule, and — in a store with a regular chunk grid along the concat dim — it covers a
+whole number of chunks (a rectilinear store takes any length). Everything else
 is quarantined with a one-line reason that names the granule, the variable and both
 values. The store is never touched for a rejected granule.
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from refstore.chunkgrid import RECTILINEAR, REGULAR, whole_chunks_problem
 from refstore.models import Failure, Placement
 from refstore.schema import compare_signatures
 from refstore.virtualize import VirtualGranule, format_value
@@ -95,15 +97,19 @@ class Admission:
     sequence: tuple[VirtualGranule | Placement, ...] = ()
 
 
-def _chunk_problem(vg: VirtualGranule) -> str | None:
-    for name, entry in vg.signature.items():
-        chunk = entry.get("concat_chunk")
-        if chunk and vg.length % chunk:
-            return (
-                f"{name}: {vg.length} steps along the concat dim are not a whole number of "
-                f"its {chunk}-step chunks (a partial chunk would misalign every later append)"
-            )
-    return None
+def _comparable(signature: Mapping[str, dict[str, Any]], layout: str) -> dict[str, dict[str, Any]]:
+    """A signature as admission compares it: in a rectilinear store the chunk size along
+    the concat dim is the granule's own business (each granule brings its edges)."""
+    if layout != RECTILINEAR:
+        return dict(signature)
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in signature.items():
+        entry = dict(entry)
+        if entry.pop("concat_chunk", None) is not None and "chunks" in entry:
+            axis = entry["shape"].index(None)  # the concat dim's place (schema.signature)
+            entry["chunks"] = [None if i == axis else c for i, c in enumerate(entry["chunks"])]
+        out[name] = entry
+    return out
 
 
 def order_key(value: Any) -> Any:
@@ -178,6 +184,7 @@ def admit(
     store_length: int = 0,
     replaced: Collection[str] = (),
     placements: Callable[[], Sequence[Placement]] | None = None,
+    layout: str = REGULAR,
 ) -> Admission:
     """Order a batch along the concat dim and decide, granule by granule, what lands.
 
@@ -197,21 +204,24 @@ def admit(
     placements
         Returns the committed granules in order; asked only when a granule must go
         before the store's end (late, out of order, or revised).
+    layout
+        The store's chunk grid along the concat dim (:mod:`refstore.chunkgrid`): a
+        regular one takes whole chunks only; a rectilinear one any length.
     """
     rejected: list[Failure] = []
-    reference = dict(store_signature) if store_signature else None
+    reference = _comparable(store_signature, layout) if store_signature else None
     good: list[VirtualGranule] = []
     for vg in sorted(granules, key=_sort_key):
-        problem = _chunk_problem(vg)
+        problem = whole_chunks_problem(vg.length, vg.signature) if layout == REGULAR else None
         if problem is None and reference is not None:
-            diffs = compare_signatures(reference, vg.signature)
+            diffs = compare_signatures(reference, _comparable(vg.signature, layout))
             if diffs:
                 problem = "; ".join(diffs)
         if problem is not None:
             rejected.append(Failure(key=vg.granule.key, reason=f"{vg.granule.key}: {problem}"))
             continue
         if reference is None:
-            reference = dict(vg.signature)
+            reference = _comparable(vg.signature, layout)
         good.append(vg)
 
     appends: list[VirtualGranule] = []

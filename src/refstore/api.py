@@ -107,6 +107,20 @@ def _export_fs(cfg: Config) -> dict[str, dict[str, Any]] | None:
     return fs or None
 
 
+def _refuse_rectilinear_export(cfg: Config) -> None:
+    """Say why a rectilinear store has no export (rather than "run sync")."""
+    from refstore.chunkgrid import RECTILINEAR
+    from refstore.errors import LayoutError
+
+    store = open_store(cfg)
+    head = store.head() if store.exists() else None
+    if head is not None and head.layout == RECTILINEAR:
+        raise LayoutError(
+            f"{cfg.repo} has a rectilinear chunk grid (granules of uneven length): it has "
+            "no kerchunk export, which zarr v2 cannot express."
+        )
+
+
 def open_dataset(
     config: str | os.PathLike[str] | Config | None = None,
     at: str | None = None,
@@ -125,12 +139,14 @@ def open_dataset(
     source
         ``"repo"`` reads the Icechunk repository; ``"export"`` reads the kerchunk
         Parquet export with plain fsspec + xarray (``at`` is then not allowed: the
-        export always holds the newest snapshot).
+        export always holds the newest snapshot; a rectilinear store has no export).
 
     Raises
     ------
     NotFoundError
         No repository/export yet, or ``at`` matches nothing.
+    LayoutError
+        ``source="export"`` for a rectilinear store (its hint names the alternative).
     """
     cfg = _config(config)
     if source == "repo":
@@ -146,5 +162,7 @@ def open_dataset(
                 "Use open_dataset(..., at=REF) without source='export', or "
                 "`refstore export --at REF -o PATH` and open that file.",
             )
+        if is_local(cfg.export) and not os.path.exists(cfg.export):
+            _refuse_rectilinear_export(cfg)
         return open_export(cfg.export, options=store_options(cfg), fs=_export_fs(cfg), **kwargs)
     raise ConfigError(f"Unknown source {source!r}.", "Use source='repo' or source='export'.")

@@ -52,19 +52,38 @@ def choose_coord_chunk(configured: int | None, granules: Sequence[VirtualGranule
     return DEFAULT_COORD_CHUNK
 
 
-def combine(granules: Sequence[VirtualGranule], concat_dim: str, *, drop_static: bool) -> Any:
+def combine(
+    granules: Sequence[VirtualGranule],
+    concat_dim: str,
+    *,
+    drop_static: bool,
+    virtual: bool = True,
+) -> Any:
     """Concatenate virtual datasets along ``concat_dim``.
 
     ``drop_static`` leaves out variables without the concat dim: they were checked
     equal to the store's and rewriting them on append would silently overwrite lat/lon
-    for all past data.
+    for all past data. ``virtual=False`` leaves out the virtual variables with the
+    concat dim (a rectilinear store writes them granule by granule).
     """
     import xarray as xr
+    from virtualizarr.manifests import ManifestArray
 
     datasets = [vg.dataset for vg in granules]
+    if not virtual:
+        datasets = [
+            d.drop_vars(
+                [
+                    n
+                    for n, v in d.variables.items()
+                    if isinstance(v.data, ManifestArray) and concat_dim in v.dims
+                ]
+            )
+            for d in datasets
+        ]
     ds = (
         datasets[0]
-        if len(datasets) == 1
+        if len(datasets) == 1 or concat_dim not in datasets[0].dims
         else xr.concat(
             datasets,
             dim=concat_dim,
@@ -133,6 +152,8 @@ def commit_metadata(
     store_length: int,
     signature: dict[str, Any],
     attrs_dropped: Sequence[str],
+    layout: str = "regular",
+    native: Sequence[dict[str, tuple[int, int]]] = (),
 ) -> dict[str, Any]:
     """The JSON metadata of a refstore commit (see the module docstring)."""
     return {
@@ -155,6 +176,9 @@ def commit_metadata(
         "store_length": store_length,
         "signature": signature,
         "attrs_dropped": list(attrs_dropped),
+        "concat_chunks": layout,
+        # Per placed granule: variable -> [start, end) store steps held as native chunks.
+        "native": [{k: list(v) for k, v in n.items()} for n in native],
     }
 
 
@@ -165,9 +189,19 @@ def commit_info(snapshot: str, message: str, written_at: str, meta: dict[str, An
     revisions = tuple(meta.get("revisions", ("",) * n))
     placed: tuple[Placement, ...] = ()
     if "offsets" in meta and "lengths" in meta:
+        native: list[dict[str, list[int]]] = meta.get("native") or [{}] * n
         placed = tuple(
-            Placement(key, rev, url, offset, length, first, last)
-            for key, rev, url, offset, length, first, last in zip(
+            Placement(
+                key,
+                rev,
+                url,
+                offset,
+                length,
+                first,
+                last,
+                tuple((name, int(s), int(e)) for name, (s, e) in sorted(rows.items())),
+            )
+            for key, rev, url, offset, length, first, last, rows in zip(
                 keys,
                 revisions,
                 meta.get("urls", ("",) * n),
@@ -175,6 +209,7 @@ def commit_info(snapshot: str, message: str, written_at: str, meta: dict[str, An
                 meta["lengths"],
                 meta.get("firsts", (None,) * n),
                 meta.get("lasts", (None,) * n),
+                native,
                 strict=True,
             )
         )

@@ -53,6 +53,7 @@ __all__ = ["DEFAULT_CONFIG_NAME", "Config", "load_config", "render_toml"]
 DEFAULT_CONFIG_NAME = "refstore.toml"
 EXECUTORS = ("auto", "serial", "processes", "dask")
 ACCESS_MODES = ("direct", "external")
+CONCAT_CHUNKS = ("auto", "regular", "rectilinear")
 LOGIN_STRATEGIES = ("all", "environment", "token", "netrc")
 
 
@@ -69,6 +70,7 @@ class Config:
     drop_variables: tuple[str, ...] = ()
     group: str = ""
     coord_chunk: int | None = None
+    concat_chunks: str = "auto"  # decided when the repository is created (docs/layouts.md)
     batch_size: int = 1000
     executor: str = "auto"
     workers: int | None = None
@@ -136,6 +138,12 @@ class Config:
                 f"[sync] executor must be one of {', '.join(EXECUTORS)}; got {self.executor!r}.",
                 'Use executor = "auto" unless you need a specific one.',
             )
+        if self.concat_chunks not in CONCAT_CHUNKS:
+            raise ConfigError(
+                f"[dataset] concat_chunks must be one of {', '.join(CONCAT_CHUNKS)}; "
+                f"got {self.concat_chunks!r}.",
+                'Use concat_chunks = "auto" (rectilinear only when granule lengths differ).',
+            )
         if self.coord_chunk is not None and self.coord_chunk < 1:
             raise ConfigError(
                 f"[dataset] coord_chunk must be positive, got {self.coord_chunk}.",
@@ -154,6 +162,7 @@ _SCHEMA: dict[tuple[str, str], tuple[str, type]] = {
     ("dataset", "drop_variables"): ("drop_variables", list),
     ("dataset", "group"): ("group", str),
     ("dataset", "coord_chunk"): ("coord_chunk", int),
+    ("dataset", "concat_chunks"): ("concat_chunks", str),
     ("source", "url"): ("source_url", str),
     ("source", "urls_file"): ("urls_file", str),
     ("source", "short_name"): ("short_name", str),

@@ -77,6 +77,16 @@ class StoreError(RefstoreError):
     default_hint = "Check the [store] settings and that the repository path is writable."
 
 
+class LayoutError(StoreError):
+    """The store's layout cannot be expressed in the requested output (a rectilinear
+    chunk grid in a zarr v2 kerchunk export)."""
+
+    default_hint = (
+        "Open the Icechunk repository instead: refstore.open_dataset(config), or icechunk + "
+        'xarray with zarr.config.set({"array.rectilinear_chunks": True}).'
+    )
+
+
 class IntegrityError(RefstoreError):
     """What the store serves differs from the source files (``refstore verify``)."""
 

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from refstore.errors import StoreError
+from refstore.errors import LayoutError, StoreError
 from refstore.storage import S3Options
 
 __all__ = [
@@ -29,11 +29,26 @@ FORMATS = ("parquet", "json")
 
 
 def build_refs(session: Any, registry: Any, native_chunks_prefix: str) -> dict[str, Any]:
-    """Kerchunk refs (version 1 dict) for the dataset in an Icechunk ``session``."""
+    """Kerchunk refs (version 1 dict) for the dataset in an Icechunk ``session``.
+
+    Raises
+    ------
+    LayoutError
+        The store has a rectilinear chunk grid: zarr v2 has one chunk shape per array,
+        so any export would misplace steps; refused rather than written wrong.
+    """
     import warnings
 
     from virtualizarr.parsers import IcechunkParser
 
+    from refstore.rectilinear import rectilinear_arrays
+
+    uneven = rectilinear_arrays(session.store)
+    if uneven:
+        raise LayoutError(
+            f"Not exported: {', '.join(uneven)} have a rectilinear chunk grid (granules of "
+            "uneven length), which a kerchunk export (zarr v2) cannot express."
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         manifest_store = IcechunkParser().parse_session(

@@ -87,6 +87,9 @@ class Placement:
     length: int
     first: str | None = None
     last: str | None = None
+    # (variable, start, end): store steps held as native chunks (a partial boundary
+    # chunk in a rectilinear store, refstore.chunkgrid); everything else is virtual.
+    native: tuple[tuple[str, int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

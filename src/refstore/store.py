@@ -17,7 +17,7 @@ that the ledger is reconciled against.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
 from pathlib import Path
@@ -63,6 +63,7 @@ class Head:
     first: Any
     length: int
     attrs_dropped: tuple[str, ...] = ()
+    layout: str = "regular"  # chunk grid along the concat dim (refstore.chunkgrid)
 
 
 class Store:
@@ -189,6 +190,10 @@ class Store:
         if self._repo is None:
             import icechunk
 
+            from refstore.rectilinear import enable
+
+            enable()  # a rectilinear store is unreadable without zarr's switch
+
             storage = self._storage()
             if not icechunk.Repository.exists(storage):
                 raise NotFoundError(
@@ -301,6 +306,7 @@ class Store:
                     first=meta.get("store_first"),
                     length=int(meta.get("store_length", 0)),
                     attrs_dropped=tuple(meta.get("attrs_dropped", ())),
+                    layout=str(meta.get("concat_chunks", "regular")),
                 )
         return None
 
@@ -405,6 +411,8 @@ class Store:
         metadata: dict[str, Any],
         region_start: int = 0,
         new_length: int = 0,
+        granules: Sequence[Any] = (),
+        registry: Any = None,
     ) -> str:
         """Write ``ds`` and commit once; returns the new snapshot id.
 
@@ -412,6 +420,11 @@ class Store:
         ``"rewrite"``: resize every array with ``concat_dim`` to ``new_length`` and write
         ``ds`` over ``[region_start, new_length)`` — how late and revised granules are
         put in place (only the references from ``region_start`` on are rewritten).
+
+        With ``granules`` (the granules' virtual datasets, in order) the store is
+        rectilinear along ``concat_dim``: ``ds`` holds the loaded variables only and the
+        virtual ones are written granule by granule (:mod:`refstore.rectilinear`);
+        ``registry`` reads their partial boundary chunks.
 
         Raises
         ------
@@ -429,8 +442,14 @@ class Store:
         try:
             # Loaded arrays keep chunks equal to the fill value too, so the kerchunk
             # export (zarr v2, where fill_value doubles as _FillValue) sees real values.
-            with zarr.config.set({"array.write_empty_chunks": True}):
-                if mode == "create":
+            with zarr.config.set(
+                {"array.write_empty_chunks": True, "array.rectilinear_chunks": True}
+            ):
+                if granules:
+                    _write_rectilinear(
+                        session.store, ds, granules, concat_dim, mode, region_start, registry
+                    )
+                elif mode == "create":
                     ds.vz.to_icechunk(session.store)
                 elif mode == "append":
                     ds.vz.to_icechunk(session.store, append_dim=concat_dim)
@@ -447,6 +466,38 @@ class Store:
             ) from e
 
 
+def _write_rectilinear(
+    store: Any,
+    ds: Any,
+    granules: Sequence[Any],
+    concat_dim: str,
+    mode: str,
+    start: int,
+    registry: Any,
+) -> None:
+    """Loaded variables as for a regular store, then the virtual ones granule by granule,
+    then the dataset attributes (naming the granules' coordinates)."""
+    import warnings
+
+    import zarr
+    from virtualizarr.writers.icechunk import update_attributes
+
+    from refstore.rectilinear import write_virtual
+
+    new_length = start + sum(int(g.sizes[concat_dim]) for g in granules)
+    if mode == "rewrite":
+        _rewrite(store, ds, concat_dim, start, new_length)
+    elif ds.variables or mode == "create":
+        with warnings.catch_warnings():
+            # The virtual variables are written below, not in this dataset.
+            warnings.filterwarnings("ignore", "Attempting to write an entirely non-virtual")
+            ds.vz.to_icechunk(store, append_dim=concat_dim if mode == "append" else None)
+    write_virtual(store, granules, concat_dim, start, registry)
+    group = zarr.open_group(store, mode="r+", zarr_format=3)
+    coords = [str(c) for c in granules[0].coords]
+    update_attributes(group, ds.attrs, coords=coords)
+
+
 def _rewrite(store: Any, ds: Any, concat_dim: str, start: int, new_length: int) -> None:
     """Resize along ``concat_dim`` and write ``ds`` over ``[start, new_length)``.
 
@@ -460,10 +511,13 @@ def _rewrite(store: Any, ds: Any, concat_dim: str, start: int, new_length: int) 
     from virtualizarr.manifests import ManifestArray
     from xarray.coding.times import encode_cf_datetime
 
+    from refstore.rectilinear import is_rectilinear
+
     group = zarr.open_group(store, mode="r+", zarr_format=3)
     for _, array in group.arrays():
         dims = getattr(array.metadata, "dimension_names", None) or ()
-        if concat_dim in dims:
+        # A rectilinear array gets its new edges from refstore.rectilinear instead.
+        if concat_dim in dims and not is_rectilinear(array):
             shape = list(array.shape)
             shape[dims.index(concat_dim)] = new_length
             array.resize(tuple(shape))
@@ -485,7 +539,9 @@ def _rewrite(store: Any, ds: Any, concat_dim: str, start: int, new_length: int) 
             )
         array[start:new_length] = np.asarray(values).astype(array.dtype)
     region = {concat_dim: slice(start, new_length)}
-    ds.drop_vars(loaded).vz.to_icechunk(store, region=region)
+    virtual = ds.drop_vars(loaded)
+    if virtual.variables:
+        virtual.vz.to_icechunk(store, region=region)
 
 
 def _commit_info(info: Any) -> CommitInfo | None:

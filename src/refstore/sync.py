@@ -23,6 +23,7 @@ from typing import Any
 from refstore import batch as batching
 from refstore.access import bind, open_bound, scopes_hosts
 from refstore.admit import Admission, admit, from_json_value, order_key, stable_attrs
+from refstore.chunkgrid import RECTILINEAR, REGULAR, choose_layout, concat_chunks, native_rows
 from refstore.config import Config
 from refstore.executors import Executor, Result, open_executor, virtualize_all
 from refstore.faults import checkpoint
@@ -78,10 +79,18 @@ def export_snapshot(
     return str(written)
 
 
-def export_head(config: Config, store: Store, source: Source, ledger: Ledger) -> str:
-    """Write the Parquet export of the head snapshot and remember it; returns its path."""
+def export_head(config: Config, store: Store, source: Source, ledger: Ledger) -> str | None:
+    """Write the Parquet export of the head snapshot and remember it; returns its path,
+    or None for a store the export cannot express (a one-line warning says why)."""
+    from refstore.errors import LayoutError
+
     head = store.head_snapshot()
-    path = export_snapshot(config, store, source, head)
+    try:
+        path = export_snapshot(config, store, source, head)
+    except LayoutError as e:
+        log.warning("export skipped: %s %s", e.message, e.hint)
+        ledger.set_meta(EXPORTED, head)
+        return None
     ledger.set_meta(EXPORTED, head)
     return path
 
@@ -143,6 +152,7 @@ class _Run:
             [vg.granule.key for vg in ok], {vg.granule.key: (vg.start, vg.end) for vg in ok}
         )
         checkpoint("after-virtualization")
+        layout = self._layout(ok, head)  # admitted and written by the same rules
         admission = admit(
             ok,
             store_signature=head.signature if head else None,
@@ -150,6 +160,7 @@ class _Run:
             store_length=head.length if head else 0,
             replaced=self.replaced,
             placements=self.ledger.placements,
+            layout=layout,
         )
         failures += admission.rejected
         if admission.rewrite_from is not None:
@@ -160,10 +171,16 @@ class _Run:
         self.failures += failures
         if admission.accepted:
             t = time.perf_counter()
-            snapshot, appended = self._commit(admission, head)
+            snapshot, appended = self._commit(admission, head, layout)
             self._time("commit", t)
-            if head is not None and appended:
+            if head is not None and appended and layout == REGULAR:
                 self._export_tail(head, snapshot, appended)
+
+    def _layout(self, granules: Sequence[VirtualGranule], head: Head | None) -> str:
+        """The store's chunk grid along the concat dim: recorded, or chosen for a new one."""
+        if head is not None:
+            return head.layout
+        return choose_layout(self.config.concat_chunks, [(g.length, g.signature) for g in granules])
 
     def _express(self, results: Sequence[Result], head: Head | None) -> list[Result]:
         """Put each granule's loaded concat coordinate in the store's encoding (the first
@@ -283,7 +300,9 @@ class _Run:
             self.ledger.set_meta(EXPORTED, snapshot)
         self._time("export", t)
 
-    def _commit(self, admission: Admission, head: Head | None) -> tuple[str, list[VirtualGranule]]:
+    def _commit(
+        self, admission: Admission, head: Head | None, layout: str
+    ) -> tuple[str, list[VirtualGranule]]:
         """Write and commit one batch; returns the snapshot and what was appended."""
         c, store = self.config, self.store
         accepted = admission.accepted
@@ -311,7 +330,10 @@ class _Run:
         if offset == 0 and firsts:
             store_first = firsts[0]
         store_last = sequence[-1].last
-        ds = batching.combine(sequence, c.concat_dim, drop_static=head is not None)
+        rectilinear = layout == RECTILINEAR
+        ds = batching.combine(
+            sequence, c.concat_dim, drop_static=head is not None, virtual=not rectilinear
+        )
         batching.prepare_encoding(ds, c.concat_dim, coord_chunk)
         ds.attrs = {**attrs, **batching.coverage(store_first, store_last)}
         metadata = batching.commit_metadata(
@@ -325,6 +347,13 @@ class _Run:
             store_length=new_length,
             signature=admission.signature,
             attrs_dropped=dropped,
+            layout=layout,
+            native=[
+                native_rows(p.offset, p.length, concat_chunks(vg.signature))
+                for p, vg in zip(placed, sequence, strict=True)
+            ]
+            if rectilinear
+            else (),
         )
         verb = {"create": "create", "append": "append", "rewrite": "place"}[mode]
         span = f" {metadata['start']} .. {metadata['end']}" if metadata["start"] else ""
@@ -337,6 +366,8 @@ class _Run:
             metadata=metadata,
             region_start=offset,
             new_length=new_length,
+            granules=[vg.dataset for vg in sequence] if rectilinear else (),
+            registry=self.source.registry() if rectilinear else None,
         )
         checkpoint("after-commit")
         self.ledger.apply_commits([batching.commit_info(snapshot, message, "", metadata)])

@@ -131,9 +131,14 @@ def verify(
     unreadable = {m.split(":")[0] for m in report.missing + report.changed}
     group = {"group": config.group} if config.group else {}
     nans: dict[str, list[int]] = {}
-    for _ in range(sample if names and total else 0):
-        name = rnd.choice(names)
-        index = rnd.randrange(total)
+    picks = [
+        (rnd.choice(names), rnd.randrange(total)) for _ in range(sample if names and total else 0)
+    ]
+    # Native chunks (partial boundary chunks of a rectilinear store) were decoded and
+    # re-encoded by refstore: up to ``sample`` of them are checked besides.
+    native = [(n, s) for p in layout for n, s, _ in p.native if n in names]
+    picks += rnd.sample(native, min(sample, len(native)))
+    for name, index in picks:
         p = next(p for p in layout if p.offset <= index < p.offset + p.length)
         where = f"{name}[{dim}={index}] ({p.key}, step {index - p.offset})"
         if p.key in unreadable:
