@@ -17,6 +17,7 @@ from typing import Any, Protocol, Self
 
 from refstore.errors import ConfigError
 from refstore.models import Failure, Granule
+from refstore.orphans import start_pool_helpers, start_resource_tracker, use_pdeathsig, watch_parent
 from refstore.virtualize import DatasetSpec, VirtualGranule, virtualize_granule
 
 __all__ = [
@@ -115,9 +116,16 @@ class PoolExecutor(_Base):
         from concurrent.futures import ProcessPoolExecutor
 
         if self._pool is None:
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(_PRELOAD)
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+            # The forkserver and resource tracker are started here, detached from our
+            # stdout/stderr, and every worker watches for our death (see refstore.orphans):
+            # a killed sync leaves no process behind and no pipe open.
+            start_pool_helpers(_PRELOAD)
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=multiprocessing.get_context("forkserver"),
+                initializer=watch_parent,
+                initargs=(use_pdeathsig(),),
+            )
         return self._pool
 
     def map(
@@ -214,12 +222,16 @@ class DaskExecutor(_Base):
             if self.address:
                 self._client = dd.Client(self.address, timeout=self.timeout)
             else:
+                # Workers are spawned by in-process nannies that already end them if we
+                # die; the preload also detaches their stdio (see refstore.orphans).
+                start_resource_tracker()
                 self._cluster = dd.LocalCluster(
                     host="127.0.0.1",
                     n_workers=self.workers or os.cpu_count() or 1,
                     threads_per_worker=1,
                     processes=True,
                     dashboard_address=None,
+                    preload=["refstore.orphans"],
                 )
                 self._client = dd.Client(self._cluster)
         except (OSError, TimeoutError) as e:
