@@ -74,12 +74,17 @@ def wait_until_gone(marker: str, within: float = 10.0) -> float:
             return time.monotonic() - t0
         if time.monotonic() - t0 > within:
             report = "\n".join(describe(p) for p in left)
-            for p in left:
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except OSError:
-                    pass
+            kill_all(marker)
             raise AssertionError(
                 f"{len(left)} process(es) outlived the run by {within} s:\n{report}"
             )
         time.sleep(0.02)
+
+
+def kill_all(marker: str) -> None:
+    """SIGKILL every process carrying ``marker`` (clean-up after a failed check)."""
+    for pid in processes_of(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:  # gone meanwhile
+            pass

@@ -32,7 +32,7 @@ from refstore.models import Status
 from refstore.sync import EXPORTED, RECONCILED
 from refstore.synthetic import write_ccmp_like_series
 from tests.helpers import assert_same_values, direct_read
-from tests.processes import linux_only, marked, processes_of, stdio_of, wait_until_gone
+from tests.processes import kill_all, linux_only, marked, processes_of, stdio_of, wait_until_gone
 
 
 def _setup(tmp_path: Path, n: int = 5) -> tuple[Config, list[Path], Path]:
@@ -109,14 +109,18 @@ def test_kill_at_each_step_then_rerun(tmp_path: Path, step: str) -> None:
     # The killed run uses a process pool (forkserver, resource tracker, two workers), and
     # is run as a supervisor would: a run() that reads its output to the end must return.
     env, marker = _sync_env(step)
-    killed = subprocess.run(
-        _sync_args("processes", "--workers", "2"),
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    try:
+        killed = subprocess.run(
+            _sync_args("processes", "--workers", "2"),
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:  # its output never ended: something holds it
+        kill_all(marker)
+        raise
     assert killed.returncode == -signal.SIGKILL, f"the {step} fault did not fire"
     wait_until_gone(marker, within=10)
     proc, _ = _sync_proc(tmp_path)
@@ -216,7 +220,7 @@ def _parallel_kill_trial(tmp_path: Path, seed: int, executor: str, **env: str) -
             settled = all(s == ["/dev/null"] * 3 for s in stdio.values())
             if len(children) >= helpers and settled:
                 break
-            assert proc.poll() is None, f"the sync ended before its helpers were up: {stdio}"
+            assert proc.poll() is None, f"the sync ended before its helpers settled: {stdio}"
             assert time.monotonic() < deadline, f"helpers never settled: {stdio}"
             time.sleep(0.02)
         time.sleep(rnd.uniform(0.0, 1.0))
