@@ -7,6 +7,10 @@ the main process alone writes the ledger and the repository. Process pools use t
 An :class:`Executor` is opened once per sync and reused for every batch, so a backlog of
 tens of thousands of granules pays the pool's (or the cluster connection's) start-up once,
 not once per batch.
+
+Processes started here (forkserver, resource tracker, pool workers, a local dask cluster's
+workers) die with the sync, even a SIGKILLed one, and never hold its stdout/stderr: see
+:mod:`refstore.orphans`.
 """
 
 from __future__ import annotations
