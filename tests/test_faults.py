@@ -280,9 +280,9 @@ def test_random_kills_soak(tmp_path: Path) -> None:
         ("dask", {}),
     ]
     kills = [
-        {**_parallel_kill_trial(tmp_path, seed, executor, **env), "env": env}
+        {**_parallel_kill_trial(tmp_path / f"v{v}", seed, executor, **env), "env": env}
         for seed in range(200, 200 + max(1, n // 3))
-        for executor, env in variants
+        for v, (executor, env) in enumerate(variants)
     ]
     for executor, env in variants:
         mine = [k for k in kills if k["executor"] == executor and k["env"] == env]
