@@ -261,6 +261,7 @@ def test_random_kill_of_a_parallel_sync_leaves_nothing(
 
 @linux_only
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # 30 trials of each kind take about 15 min on 2 busy cores
 def test_random_kills_soak(tmp_path: Path) -> None:
     """Many seeds; prints JSON summary lines for the operations notes."""
     n = int(os.environ.get("REFSTORE_SOAK_TRIALS", "30"))
