@@ -63,7 +63,7 @@ __all__ = [
 # "0" turns PR_SET_PDEATHSIG off, so tests can show the portable watch alone suffices
 # (as on macOS, which has no such call).
 PDEATHSIG_ENV = "REFSTORE_PDEATHSIG"
-# Set only while the forkserver is spawned: the pid the forkserver may tie its life to.
+# Set only while the forkserver is spawned: "<its parent's pid> <1 if PDEATHSIG, else 0>".
 FORKSERVER_PARENT_ENV = "REFSTORE_FORKSERVER_PARENT"
 # Exit status of a worker that found its sync gone (nobody is left to read it; it shows
 # in tests and in `strace`).
@@ -141,8 +141,7 @@ def start_pool_helpers(preload: Sequence[str], *, environ: Mapping[str, str] = o
     # process, it would kill a forkserver still in use.
     tie = use_pdeathsig(environ) and threading.current_thread() is threading.main_thread()
     with _spawn_lock, detached_stdio():
-        if tie:
-            os.environ[FORKSERVER_PARENT_ENV] = str(os.getpid())
+        os.environ[FORKSERVER_PARENT_ENV] = f"{os.getpid()} {int(tie)}"
         try:
             forkserver.ensure_running()  # starts the resource tracker first
         finally:
