@@ -230,6 +230,9 @@ def _parallel_kill_trial(tmp_path: Path, seed: int, executor: str, **env: str) -
         proc.communicate(timeout=10)  # returns only when no process holds the pipes
         eof = time.monotonic() - t_kill
         gone = wait_until_gone(marker, within=10) + eof
+    except BaseException:  # a failed check leaves nothing running either
+        kill_all(marker)
+        raise
     finally:
         if proc.poll() is None:
             proc.kill()
