@@ -1,7 +1,9 @@
 """Exactly-once under crashes: a real `refstore sync` subprocess is SIGKILLed at every
 step boundary (REFSTORE_FAULT, read only here) and at random moments; after a rerun the
 ledger equals the repository history, every granule is in the store exactly once at its
-sorted place, and the export equals the head."""
+sorted place, and the export equals the head. And nothing outlives a kill: within 10 s no
+process of the run remains (forkserver, resource tracker, pool or dask workers), and a
+supervisor reading the run's stdout/stderr sees them end."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from refstore.models import Status
 from refstore.sync import EXPORTED, RECONCILED
 from refstore.synthetic import write_ccmp_like_series
 from tests.helpers import assert_same_values, direct_read
+from tests.processes import kill_all, linux_only, marked, processes_of, stdio_of, wait_until_gone
 
 
 def _setup(tmp_path: Path, n: int = 5) -> tuple[Config, list[Path], Path]:
@@ -42,18 +45,31 @@ def _setup(tmp_path: Path, n: int = 5) -> tuple[Config, list[Path], Path]:
     return load_config(tmp_path / "refstore.toml", environ={}), files, incoming
 
 
-def _sync_proc(cwd: Path, fault: str | None = None) -> subprocess.Popen[str]:
+def _sync_env(fault: str | None = None, **extra: str) -> tuple[dict[str, str], str]:
+    """A clean environment for one sync run, with its process marker."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REFSTORE_")}
     if fault:
         env["REFSTORE_FAULT"] = fault
-    return subprocess.Popen(
-        [sys.executable, "-m", "refstore", "sync", "--executor", "serial"],
+    return marked({**env, **extra})
+
+
+def _sync_args(executor: str = "serial", *more: str) -> list[str]:
+    return [sys.executable, "-m", "refstore", "sync", "--executor", executor, *more]
+
+
+def _sync_proc(
+    cwd: Path, fault: str | None = None, executor: str = "serial"
+) -> tuple[subprocess.Popen[str], str]:
+    env, marker = _sync_env(fault)
+    proc = subprocess.Popen(
+        _sync_args(executor),
         cwd=cwd,
         env=env,
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+    return proc, marker
 
 
 def assert_consistent(config: Config, present: list[Path]) -> None:
@@ -78,25 +94,40 @@ def assert_consistent(config: Config, present: list[Path]) -> None:
     ledger.close()
 
 
+@linux_only
 @pytest.mark.parametrize("step", STEPS)
 def test_kill_at_each_step_then_rerun(tmp_path: Path, step: str) -> None:
     config, files, incoming = _setup(tmp_path)
     for f in (files[0], files[2]):
         (incoming / f.name).write_bytes(f.read_bytes())
-    proc = _sync_proc(tmp_path)
+    proc, _ = _sync_proc(tmp_path)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     # new arrivals: one late (goes in place), two appended
     for f in (files[1], files[3], files[4]):
         (incoming / f.name).write_bytes(f.read_bytes())
-    proc = _sync_proc(tmp_path, fault=step)
-    proc.communicate(timeout=120)
-    assert proc.returncode == -signal.SIGKILL, f"the {step} fault did not fire"
-    proc = _sync_proc(tmp_path)
+    # The killed run uses a process pool (forkserver, resource tracker, two workers), and
+    # is run as a supervisor would: a run() that reads its output to the end must return.
+    env, marker = _sync_env(step)
+    try:
+        killed = subprocess.run(
+            _sync_args("processes", "--workers", "2"),
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:  # its output never ended: something holds it
+        kill_all(marker)
+        raise
+    assert killed.returncode == -signal.SIGKILL, f"the {step} fault did not fire"
+    wait_until_gone(marker, within=10)
+    proc, _ = _sync_proc(tmp_path)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert_consistent(config, files)
-    again = _sync_proc(tmp_path)
+    again, _ = _sync_proc(tmp_path)
     out, _ = again.communicate(timeout=120)
     assert "up to date" in out
 
@@ -120,7 +151,7 @@ def _phase_of_kill(config: Config, runs_before: int, head_before: str | None) ->
     return "after-export"
 
 
-def _random_kill_trial(tmp_path: Path, seed: int) -> dict[str, Any]:
+def _random_kill_trial(tmp_path: Path, seed: int, executor: str = "serial") -> dict[str, Any]:
     rnd = random.Random(seed)
     config, files, incoming = _setup(tmp_path / f"t{seed}", n=6)
     arrived: list[Path] = []
@@ -135,38 +166,141 @@ def _random_kill_trial(tmp_path: Path, seed: int) -> dict[str, Any]:
             runs_before = len(ledger.runs(limit=1000))
         store = open_store(config)
         head_before = store.head_snapshot() if store.exists() else None
-        proc = _sync_proc(config_dir)
+        proc, marker = _sync_proc(config_dir, executor=executor)
         time.sleep(rnd.uniform(0.0, 2.5))
         killed = proc.poll() is None
         if killed:
             proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=120)
+        # the run's output ends (no helper holds it) and nothing of it remains
+        proc.communicate(timeout=30)
+        wait_until_gone(marker, within=10)
         if killed:
             phase = _phase_of_kill(config, runs_before, head_before)
             phases[phase] = phases.get(phase, 0) + 1
-    final = _sync_proc(config_dir)
+    final, _ = _sync_proc(config_dir)
     _, err = final.communicate(timeout=120)
     assert final.returncode == 0, err
     assert_consistent(config, arrived)
     return {"seed": seed, "kills": sum(phases.values()), "phases": phases}
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_random_kills_recover(tmp_path: Path, seed: int) -> None:
-    _random_kill_trial(tmp_path, seed)
+@linux_only
+@pytest.mark.parametrize(("seed", "executor"), [(1, "serial"), (2, "processes")])
+def test_random_kills_recover(tmp_path: Path, seed: int, executor: str) -> None:
+    _random_kill_trial(tmp_path, seed, executor)
 
 
+def _parallel_kill_trial(tmp_path: Path, seed: int, executor: str, **env: str) -> dict[str, Any]:
+    """SIGKILL a sync at a random moment while its helper processes are all up.
+
+    Returns the seconds from the kill until the sync's output ended and until its last
+    helper process exited.
+    """
+    rnd = random.Random(seed)
+    config, files, incoming = _setup(tmp_path / f"p{seed}", n=12)
+    for f in files:
+        (incoming / f.name).write_bytes(f.read_bytes())
+    # pool: resource tracker, forkserver, 2 workers; dask: resource tracker, 2 workers
+    # (the scheduler and the nannies run inside the sync)
+    helpers = 4 if executor == "processes" else 3
+    run_env, marker = _sync_env(**env)
+    proc = subprocess.Popen(
+        _sync_args(executor, "--workers", "2", "--batch-size", "2"),
+        cwd=config.root,
+        env=run_env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # all helpers up, none holding our pipes
+            children = [p for p in processes_of(marker) if p != proc.pid]
+            stdio = {p: stdio_of(p) for p in children}
+            settled = all(s == ["/dev/null"] * 3 for s in stdio.values())
+            if len(children) >= helpers and settled:
+                break
+            assert proc.poll() is None, f"the sync ended before its helpers settled: {stdio}"
+            assert time.monotonic() < deadline, f"helpers never settled: {stdio}"
+            time.sleep(0.02)
+        time.sleep(rnd.uniform(0.0, 1.0))
+        assert proc.poll() is None, "the sync finished before the kill"
+        proc.send_signal(signal.SIGKILL)
+        t_kill = time.monotonic()
+        proc.communicate(timeout=10)  # returns only when no process holds the pipes
+        eof = time.monotonic() - t_kill
+        gone = wait_until_gone(marker, within=10) + eof
+    except BaseException:  # a failed check leaves nothing running either
+        kill_all(marker)
+        raise
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    final, _ = _sync_proc(Path(config.root))
+    _, err = final.communicate(timeout=120)
+    assert final.returncode == 0, err
+    assert_consistent(config, files)
+    return {"executor": executor, "helpers": len(children), "eof_s": eof, "gone_s": gone}
+
+
+@linux_only
+@pytest.mark.parametrize(
+    ("executor", "env"),
+    [
+        ("processes", {}),
+        # no PR_SET_PDEATHSIG, as on macOS: the workers' parent watch alone
+        ("processes", {"REFSTORE_PDEATHSIG": "0"}),
+        ("dask", {}),
+    ],
+    ids=["pool", "pool-watch-only", "dask"],
+)
+def test_random_kill_of_a_parallel_sync_leaves_nothing(
+    tmp_path: Path, executor: str, env: dict[str, str]
+) -> None:
+    _parallel_kill_trial(tmp_path, 7, executor, **env)
+
+
+@linux_only
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # 30 trials of each kind take about 15 min on 2 busy cores
 def test_random_kills_soak(tmp_path: Path) -> None:
-    """Many seeds; prints a JSON summary line for the operations notes."""
+    """Many seeds; prints JSON summary lines for the operations notes."""
     n = int(os.environ.get("REFSTORE_SOAK_TRIALS", "30"))
-    trials = [_random_kill_trial(tmp_path, seed) for seed in range(100, 100 + n)]
+    trials = [
+        _random_kill_trial(tmp_path, seed, "processes" if seed % 2 else "serial")
+        for seed in range(100, 100 + n)
+    ]
     phases: dict[str, int] = {}
     for t in trials:
         for phase, k in t["phases"].items():
             phases[phase] = phases.get(phase, 0) + k
     summary = {"trials": len(trials), "kills": sum(t["kills"] for t in trials), "by_phase": phases}
     print(json.dumps(summary))
+    variants: list[tuple[str, dict[str, str]]] = [
+        ("processes", {}),
+        ("processes", {"REFSTORE_PDEATHSIG": "0"}),
+        ("dask", {}),
+    ]
+    kills = [
+        {**_parallel_kill_trial(tmp_path / f"v{v}", seed, executor, **env), "env": env}
+        for seed in range(200, 200 + max(1, n // 3))
+        for v, (executor, env) in enumerate(variants)
+    ]
+    for executor, env in variants:
+        mine = [k for k in kills if k["executor"] == executor and k["env"] == env]
+        print(
+            json.dumps(
+                {
+                    "parallel_kills": len(mine),
+                    "executor": executor,
+                    "env": env,
+                    "max_eof_s": round(max(k["eof_s"] for k in mine), 3),
+                    "max_gone_s": round(max(k["gone_s"] for k in mine), 3),
+                }
+            )
+        )
 
 
 @settings(

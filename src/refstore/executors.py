@@ -7,6 +7,10 @@ the main process alone writes the ledger and the repository. Process pools use t
 An :class:`Executor` is opened once per sync and reused for every batch, so a backlog of
 tens of thousands of granules pays the pool's (or the cluster connection's) start-up once,
 not once per batch.
+
+Processes started here (forkserver, resource tracker, pool workers, a local dask cluster's
+workers) die with the sync, even a SIGKILLed one, and never hold its stdout/stderr: see
+:mod:`refstore.orphans`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, Protocol, Self
 
 from refstore.errors import ConfigError
 from refstore.models import Failure, Granule
+from refstore.orphans import start_pool_helpers, start_resource_tracker, use_pdeathsig, watch_parent
 from refstore.virtualize import DatasetSpec, VirtualGranule, virtualize_granule
 
 __all__ = [
@@ -115,9 +120,16 @@ class PoolExecutor(_Base):
         from concurrent.futures import ProcessPoolExecutor
 
         if self._pool is None:
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(_PRELOAD)
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+            # The forkserver and resource tracker are started here, detached from our
+            # stdout/stderr, and every worker watches for our death (see refstore.orphans):
+            # a killed sync leaves no process behind and no pipe open.
+            start_pool_helpers(_PRELOAD)
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=multiprocessing.get_context("forkserver"),
+                initializer=watch_parent,
+                initargs=(use_pdeathsig(),),
+            )
         return self._pool
 
     def map(
@@ -214,12 +226,16 @@ class DaskExecutor(_Base):
             if self.address:
                 self._client = dd.Client(self.address, timeout=self.timeout)
             else:
+                # Workers are spawned by in-process nannies that already end them if we
+                # die; the preload also detaches their stdio (see refstore.orphans).
+                start_resource_tracker()
                 self._cluster = dd.LocalCluster(
                     host="127.0.0.1",
                     n_workers=self.workers or os.cpu_count() or 1,
                     threads_per_worker=1,
                     processes=True,
                     dashboard_address=None,
+                    preload=["refstore.orphans"],
                 )
                 self._client = dd.Client(self._cluster)
         except (OSError, TimeoutError) as e:
