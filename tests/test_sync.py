@@ -228,9 +228,17 @@ def test_revised_granule_is_replaced_in_place(make_config, arrive, ccmp_archive,
     assert not np.array_equal(after.uwnd.values[4:8], before.uwnd.values[4:8])
     # history: both revisions in the ledger; the old snapshot keeps the old references
     with Ledger(config.ledger) as ledger:
-        statuses = [(h["status"], h["revision"]) for h in ledger.history(files[1].name)]
-    assert [s for s, _ in statuses] == ["committed", "new", "committed"]
-    assert statuses[0][1] != statuses[2][1]
+        events = [(h["event"], h["revision"]) for h in ledger.history(files[1].name)]
+    assert [e for e, _ in events] == [
+        "seen",
+        "virtualized",
+        "committed",
+        "revised",
+        "virtualized",
+        "superseded",
+        "committed",
+    ]
+    assert events[2][1] == events[5][1] != events[6][1]
     old = refstore.open_dataset(config, at=first)
     assert old.sizes["time"] == 12
 

@@ -26,8 +26,8 @@ from refstore.executors import Executor, Result, open_executor, virtualize_all
 from refstore.faults import checkpoint
 from refstore.ledger import Ledger
 from refstore.lock import store_lock
-from refstore.models import Failure, Granule, Placement, Status, SyncResult
-from refstore.plan import batches, plan_sync
+from refstore.models import Failure, Granule, Placement, SyncResult
+from refstore.plan import batches, dataset_fingerprint, plan_sync
 from refstore.sources import Source, source_for
 from refstore.storage import export_registry, store_options
 from refstore.store import Head, Store
@@ -93,6 +93,7 @@ class _Run:
     run_id: str
     replaced: dict[str, str]
     progress: Callable[[Result], None] | None
+    fingerprint: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     added: list[str] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
@@ -145,7 +146,7 @@ class _Run:
             store_last = from_json_value(head.last) if head else None
             admission, tail_failures = self._reread_tail(admission, store_last)
             failures += tail_failures
-        self.ledger.quarantine(failures, self.run_id)
+        self.ledger.quarantine(failures, self.run_id, self.fingerprint)
         self.failures += failures
         if admission.accepted:
             t = time.perf_counter()
@@ -330,19 +331,20 @@ def sync(
             else:
                 discovered = list(source.discover())
             rows = ledger.rows()
-            plan = plan_sync(discovered, rows, complete=not incremental)
+            fingerprint = dataset_fingerprint(
+                config.concat_dim, config.group, config.loadable_variables, config.drop_variables
+            )
+            plan = plan_sync(discovered, rows, complete=not incremental, fingerprint=fingerprint)
             if not incremental:
-                ledger.mark_missing(plan.missing)
-            # Committed granules revised upstream are re-read and replaced in place.
-            replaced = {
-                g.key: rows[g.key].revision
-                for g in plan.revised
-                if rows[g.key].status is Status.COMMITTED
-            }
+                ledger.mark_missing(plan.missing, run_id)
+            ledger.revert(plan.reverted, run_id)
+            ledger.requeue_quarantined(plan.requeued, reason="the dataset settings changed")
+            # Granules in the store (placed by the history) are replaced in place.
+            replaced = {k: rows[k].placed_revision or rows[k].revision for k in plan.replacing}
             checkpoint("after-discovery")
             ledger.record_seen(plan.todo, run_id)
             on_done = progress(len(plan.todo), "virtualizing") if progress and plan.todo else None
-            run = _Run(config, store, source, ledger, run_id, replaced, on_done)
+            run = _Run(config, store, source, ledger, run_id, replaced, on_done, fingerprint)
             run.timings["discover"] = time.perf_counter() - t0
             with open_executor(
                 config.executor,
