@@ -151,8 +151,14 @@ class Ledger:
             if readonly:
                 conn = _connect_readonly(self.path)
                 self.db = sqlite_utils.Database(conn)
-                if not self.path.exists():
-                    self._migrate()  # an empty in-memory ledger
+                if self._pending():
+                    # Missing or older than this refstore: read a migrated copy in memory.
+                    memory = sqlite3.connect(":memory:", isolation_level=None)
+                    conn.backup(memory)
+                    conn.close()
+                    conn = memory
+                    self.db = sqlite_utils.Database(conn)
+                    self._migrate()
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
@@ -176,6 +182,12 @@ class Ledger:
             ) from e
 
     # -- schema -------------------------------------------------------------------
+    def _pending(self) -> bool:
+        if not self.db.table("migrations").exists():
+            return True
+        done = {r["name"] for r in self.db.table("migrations").rows}
+        return any(name not in done for name, _ in MIGRATIONS)
+
     def _migrate(self) -> None:
         if not self.db.table("migrations").exists():
             self.db.table("migrations").create({"name": str, "applied_at": str}, pk="name")

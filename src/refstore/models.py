@@ -136,6 +136,8 @@ class SyncResult:
     end: str | None = None
     export: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    tag_refused: str | None = None  # why the asked-for tag could not be created
 
     @property
     def up_to_date(self) -> bool:
@@ -155,5 +157,6 @@ class SyncResult:
             "end": self.end,
             "export": self.export,
             "up_to_date": self.up_to_date,
+            "warnings": list(self.warnings),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
         }

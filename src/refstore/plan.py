@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
-from refstore.models import Granule, LedgerRow, Status, SyncPlan
+from refstore.models import Failure, Granule, LedgerRow, Status, SyncPlan
 
-__all__ = ["batches", "dataset_fingerprint", "plan_sync"]
+__all__ = ["batches", "common_failure", "dataset_fingerprint", "plan_sync"]
 
 
 def dataset_fingerprint(
@@ -128,6 +128,19 @@ def plan_sync(
         reverted=tuple(reverted),
         requeued=tuple(sorted(requeued)),
     )
+
+
+def common_failure(failures: Sequence[Failure], tried: int) -> str | None:
+    """The one reason every granule tried in a run failed for, if there is one.
+
+    Two or more granules tried, none landed, and all refused for the same reason (the
+    granule's own name taken out): that is a setting (concat dim, group, variables), not
+    a bad file, and the run should say so rather than report "up to date".
+    """
+    if tried < 2 or len(failures) != tried:
+        return None
+    reasons = {f.reason.replace(f.key, "<granule>") for f in failures}
+    return reasons.pop() if len(reasons) == 1 else None
 
 
 def batches[T](items: Iterable[T], size: int) -> Iterable[list[T]]:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Any
 
-from refstore.errors import ConflictError, NotFoundError, StoreError
+from refstore.errors import ConflictError, NotFoundError, StoreError, TagExistsError
 from refstore.models import CommitInfo
 from refstore.sources.base import ContainerSpec
 from refstore.storage import S3Options
@@ -295,17 +295,19 @@ class Store:
 
         Raises
         ------
-        ConflictError
-            The tag exists already.
+        TagExistsError
+            The tag exists already (or cannot be created under that name).
         """
         import icechunk
 
+        if name in self.repo.list_tags():
+            held = self.repo.lookup_tag(name)
+            raise TagExistsError(f"Tag {name!r} exists already (on snapshot {held}).")
         try:
             self.repo.create_tag(name, snapshot_id=snapshot)
         except icechunk.IcechunkError as e:
-            raise ConflictError(
-                f"Cannot create tag {name!r}: {e}", "Choose a tag name that is not taken."
-            ) from e
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TagExistsError(f"Cannot create tag {name!r}: {first}") from e
 
     # -- reading ----------------------------------------------------------------------
     def session(self, at: str | None = None) -> Any:

@@ -22,12 +22,13 @@ from typing import Any
 from refstore import batch as batching
 from refstore.admit import Admission, admit, from_json_value, order_key, stable_attrs
 from refstore.config import Config
+from refstore.errors import ConfigError, TagExistsError
 from refstore.executors import Executor, Result, open_executor, virtualize_all
 from refstore.faults import checkpoint
 from refstore.ledger import Ledger
 from refstore.lock import store_lock
 from refstore.models import Failure, Granule, Placement, SyncResult
-from refstore.plan import batches, dataset_fingerprint, plan_sync
+from refstore.plan import batches, common_failure, dataset_fingerprint, plan_sync
 from refstore.sources import Source, source_for
 from refstore.storage import export_registry, store_options
 from refstore.store import Head, Store
@@ -98,6 +99,7 @@ class _Run:
     added: list[str] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     snapshots: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     start: str | None = None
     end: str | None = None
     pool: Executor | None = None  # opened once per run, reused by every batch
@@ -357,13 +359,26 @@ def sync(
             if incremental:  # every granule listed is now committed, quarantined or queued
                 marks = [g.modified for g in discovered if g.modified]
                 ledger.raise_high_water(source.url, max(marks, default=None))
-            if tag and run.snapshots:
-                store.tag(tag, run.snapshots[-1])
             export_path = None
             if store.exists() and ledger.get_meta(EXPORTED) != store.head_snapshot():
                 t = time.perf_counter()
                 export_path = export_head(config, store, source, ledger)
                 run.timings["export"] = time.perf_counter() - t
+            tag_refused = None
+            if tag and run.snapshots:
+                try:
+                    store.tag(tag, run.snapshots[-1])
+                except TagExistsError as e:  # the data landed; only the name is refused
+                    tag_refused = e.message
+                    run.warnings.append(e.message)
+            problem = common_failure(run.failures, len(plan.todo)) if not run.added else None
+            if problem is not None:
+                raise ConfigError(
+                    f"Every granule of this run ({len(plan.todo)}) was quarantined for the same "
+                    f"reason, a configuration problem rather than bad files: {problem}",
+                    "Fix [dataset] in refstore.toml (concat_dim, group, variables); the "
+                    "granules quarantined under the old settings are retried by the next sync.",
+                )
             ledger.finish_run(
                 run_id,
                 status="ok",
@@ -371,6 +386,7 @@ def sync(
                 added=len(run.added),
                 quarantined=len(run.failures),
                 snapshots=run.snapshots,
+                error="; ".join(run.warnings) or None,
             )
         except BaseException as e:
             ledger.finish_run(run_id, status="failed", error=f"{type(e).__name__}: {e}")
@@ -388,4 +404,6 @@ def sync(
         end=run.end,
         export=export_path,
         timings=run.timings,
+        warnings=tuple(run.warnings),
+        tag_refused=tag_refused,
     )
