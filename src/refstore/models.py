@@ -84,10 +84,15 @@ class SyncPlan:
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """A granule that could not be used, with a one-line reason."""
+    """A granule that could not be used, with a one-line reason.
+
+    ``waiting``: it is fine itself but waits for another granule (one after its place
+    that cannot be re-read now); it is tried again on every sync until it lands.
+    """
 
     key: str
     reason: str
+    waiting: bool = False
 
 
 @dataclass(frozen=True, slots=True)

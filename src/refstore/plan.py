@@ -8,7 +8,12 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from refstore.models import Failure, Granule, LedgerRow, Status, SyncPlan
 
-__all__ = ["batches", "common_failure", "dataset_fingerprint", "plan_sync"]
+__all__ = ["WAITING", "batches", "common_failure", "dataset_fingerprint", "plan_sync"]
+
+
+# Recorded instead of a settings fingerprint for a granule that is fine itself but waits
+# for another one (see :class:`refstore.models.Failure`): every sync tries it again.
+WAITING = "waiting"
 
 
 def dataset_fingerprint(
@@ -77,11 +82,10 @@ def plan_sync(
     unchanged = quarantined = 0
 
     def stale(r: LedgerRow) -> bool:
-        return (
-            r.status is Status.QUARANTINED
-            and fingerprint is not None
-            and r.fingerprint is not None
-            and r.fingerprint != fingerprint
+        if r.status is not Status.QUARANTINED or r.fingerprint is None:
+            return False
+        return r.fingerprint == WAITING or (
+            fingerprint is not None and r.fingerprint != fingerprint
         )
 
     for key in sorted(seen):

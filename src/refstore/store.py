@@ -383,7 +383,8 @@ class Store:
 
 
 def _rewrite(store: Any, ds: Any, concat_dim: str, start: int, new_length: int) -> None:
-    """Resize along ``concat_dim`` and write ``ds`` over ``[start, new_length)``.
+    """Resize along ``concat_dim`` to ``new_length`` and write ``ds`` over
+    ``[start, start + len(ds))`` (the references after it, unchanged, stay).
 
     Loaded variables (the concat coordinate) are encoded with the stored units and
     written directly: xarray's region write would first decode the resized array,
@@ -395,6 +396,7 @@ def _rewrite(store: Any, ds: Any, concat_dim: str, start: int, new_length: int) 
     from virtualizarr.manifests import ManifestArray
     from xarray.coding.times import encode_cf_datetime
 
+    stop = start + int(ds.sizes[concat_dim])
     group = zarr.open_group(store, mode="r+", zarr_format=3)
     for _, array in group.arrays():
         dims = getattr(array.metadata, "dimension_names", None) or ()
@@ -418,8 +420,8 @@ def _rewrite(store: Any, ds: Any, concat_dim: str, start: int, new_length: int) 
                 calendar if isinstance(calendar, str) else None,
                 dtype=array.dtype,
             )
-        array[start:new_length] = np.asarray(values).astype(array.dtype)
-    region = {concat_dim: slice(start, new_length)}
+        array[start:stop] = np.asarray(values).astype(array.dtype)
+    region = {concat_dim: slice(start, stop)}
     ds.drop_vars(loaded).vz.to_icechunk(store, region=region)
 
 

@@ -16,11 +16,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from refstore import batch as batching
-from refstore.admit import Admission, admit, from_json_value, order_key, stable_attrs
+from refstore.admit import (
+    Admission,
+    admit,
+    from_json_value,
+    order_key,
+    placed_value,
+    stable_attrs,
+)
 from refstore.config import Config
 from refstore.errors import ConfigError, TagExistsError
 from refstore.executors import Executor, Result, open_executor, virtualize_all
@@ -28,7 +35,7 @@ from refstore.faults import checkpoint
 from refstore.ledger import Ledger
 from refstore.lock import store_lock
 from refstore.models import Failure, Granule, Placement, SyncResult
-from refstore.plan import batches, common_failure, dataset_fingerprint, plan_sync
+from refstore.plan import WAITING, batches, common_failure, dataset_fingerprint, plan_sync
 from refstore.sources import Source, source_for
 from refstore.storage import export_registry, store_options
 from refstore.store import Head, Store
@@ -144,15 +151,22 @@ class _Run:
             placements=self.ledger.placements,
         )
         failures += admission.rejected
+        tail: list[Placement] = []
         if admission.rewrite_from is not None:
+            kept, tail = batching.split_unchanged_tail(admission.sequence, admission.rewrite_from)
+            admission = replace(admission, sequence=tuple(kept))
             store_last = from_json_value(head.last) if head else None
             admission, tail_failures = self._reread_tail(admission, store_last)
             failures += tail_failures
-        self.ledger.quarantine(failures, self.run_id, self.fingerprint)
+        waiting = [f for f in failures if f.waiting]
+        self.ledger.quarantine(
+            [f for f in failures if not f.waiting], self.run_id, self.fingerprint
+        )
+        self.ledger.quarantine(waiting, self.run_id, WAITING)
         self.failures += failures
         if admission.accepted:
             t = time.perf_counter()
-            snapshot, appended = self._commit(admission, head)
+            snapshot, appended = self._commit(admission, head, tail)
             self._time("commit", t)
             if head is not None and appended:
                 self._export_tail(head, snapshot, appended)
@@ -199,7 +213,9 @@ class _Run:
         ]
         reason = "cannot be put in place: committed granule(s) after it could not be re-read: "
         failures = [
-            Failure(vg.granule.key, f"{vg.granule.key}: {reason}{'; '.join(problems)}")
+            Failure(
+                vg.granule.key, f"{vg.granule.key}: {reason}{'; '.join(problems)}", waiting=True
+            )
             for vg in admission.accepted
             if vg not in appends
         ]
@@ -220,8 +236,13 @@ class _Run:
             self.ledger.set_meta(EXPORTED, snapshot)
         self._time("export", t)
 
-    def _commit(self, admission: Admission, head: Head | None) -> tuple[str, list[VirtualGranule]]:
-        """Write and commit one batch; returns the snapshot and what was appended."""
+    def _commit(
+        self, admission: Admission, head: Head | None, tail: Sequence[Placement] = ()
+    ) -> tuple[str, list[VirtualGranule]]:
+        """Write and commit one batch; returns the snapshot and what was appended.
+
+        ``tail``: committed granules after the last change of a rewrite, left in place.
+        """
         c, store = self.config, self.store
         accepted = admission.accepted
         added_keys = [vg.granule.key for vg in accepted if vg.granule.key not in self.replaced]
@@ -242,12 +263,12 @@ class _Run:
             else:
                 mode, offset = "rewrite", admission.rewrite_from
                 sequence = [vg for vg in admission.sequence if isinstance(vg, VirtualGranule)]
-        placed = batching.placements(sequence, offset)
-        new_length = offset + sum(vg.length for vg in sequence)
+        placed = batching.placements(sequence, offset) + list(tail)
+        new_length = offset + sum(vg.length for vg in sequence) + sum(p.length for p in tail)
         firsts = [vg.first for vg in sequence if vg.first is not None]
         if offset == 0 and firsts:
             store_first = firsts[0]
-        store_last = sequence[-1].last
+        store_last = placed_value(tail[-1].last) if tail else sequence[-1].last
         ds = batching.combine(sequence, c.concat_dim, drop_static=head is not None)
         batching.prepare_encoding(ds, c.concat_dim, coord_chunk)
         ds.attrs = {**attrs, **batching.coverage(store_first, store_last)}
@@ -371,7 +392,8 @@ def sync(
                 except TagExistsError as e:  # the data landed; only the name is refused
                     tag_refused = e.message
                     run.warnings.append(e.message)
-            problem = common_failure(run.failures, len(plan.todo)) if not run.added else None
+            bad = [f for f in run.failures if not f.waiting]
+            problem = common_failure(bad, len(plan.todo)) if not run.added else None
             if problem is not None:
                 raise ConfigError(
                     f"Every granule of this run ({len(plan.todo)}) was quarantined for the same "
