@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -194,12 +198,44 @@ def test_grid_and_packing_drift_quarantined(make_config, arrive, ccmp_archive) -
     assert refstore.open_dataset(config).sizes["time"] == 8
 
 
-def test_crash_after_commit_heals_on_next_run(make_config, arrive, ccmp_archive) -> None:
+def test_crash_after_commit_heals_on_next_run(
+    make_config, arrive, ccmp_archive, tmp_path: Path
+) -> None:
+    config = make_config(executor="serial")
+    files = ccmp_archive(3)
+    arrive(files[0])
+    refstore.sync(config)
+    arrive(*files[1:])
+    # a real sync, SIGKILLed between its Icechunk commit and the ledger update
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFSTORE_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "refstore", "sync"],
+        cwd=tmp_path,
+        env={**env, "REFSTORE_FAULT": "after-commit"},
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == -signal.SIGKILL
+    store = open_store(config)
+    assert len(store.commits()) == 2  # the commit landed ...
+    with Ledger(config.ledger) as ledger:
+        assert ledger.rows()[files[1].name].status is not Status.COMMITTED  # ... unrecorded
+    result = refstore.sync(config)
+    assert result.up_to_date and result.snapshots == ()  # healed, nothing appended twice
+    assert len(open_store(config).commits()) == 2
+    with Ledger(config.ledger) as ledger:
+        rows = ledger.rows()
+    assert {r.status for r in rows.values()} == {Status.COMMITTED}
+    assert {k: r.offset for k, r in rows.items()} == {f.name: 4 * i for i, f in enumerate(files)}
+    assert_same_values(refstore.open_dataset(config).load(), direct_read(files))
+
+
+def test_a_lost_ledger_is_rebuilt_from_the_history(make_config, arrive, ccmp_archive) -> None:
     config = make_config()
     files = ccmp_archive(2)
     arrive(*files)
     refstore.sync(config)
-    # Lose the ledger entirely: the repository history is the source of truth.
     for p in Path(config.ledger).parent.glob("ledger.db*"):
         p.unlink()
     result = refstore.sync(config)
