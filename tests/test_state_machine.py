@@ -24,6 +24,7 @@ import contextlib
 import importlib
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -40,14 +41,9 @@ import numpy as np
 import pytest
 import xarray as xr
 from click.testing import CliRunner
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, note, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (
-    RuleBasedStateMachine,
-    invariant,
-    precondition,
-    rule,
-)
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 import refstore
 import refstore.faults
@@ -165,7 +161,8 @@ class GranuleLife(RuleBasedStateMachine):
         shutil.rmtree(self.root, ignore_errors=True)
 
     # -- helpers ----------------------------------------------------------------------
-    def _count(self, name: str) -> None:
+    def _count(self, name: str, day: int | None = None) -> None:
+        note(f"step {self.steps}: {name}" + ("" if day is None else f" day {day}"))
         self.steps += 1
         FIGURES["steps"] += 1
         FIGURES["rules"][name] = FIGURES["rules"].get(name, 0) + 1
@@ -244,113 +241,106 @@ class GranuleLife(RuleBasedStateMachine):
         self._settle()
         return result
 
-    # -- upstream -----------------------------------------------------------------------
-    def _unseen(self) -> list[int]:
-        return [d for d, u in self.up.items() if u.seed is None]
+    # -- the one rule ---------------------------------------------------------------------
+    @initialize(rnd=st.randoms(use_true_random=False))
+    def start(self, rnd: random.Random) -> None:
+        self.rnd = rnd
 
-    def _present(self) -> list[int]:
+    @rule()
+    def step(self) -> None:
+        """One step: an upstream change or a sync of some kind, half and half.
+
+        Chosen with a random generator Hypothesis draws per example, not a strategy
+        per step: Hypothesis' per-step choices tend to repeat one rule for a whole
+        example (all arrivals, or all syncs), which explores little of the life.
+        """
+        if self.rnd.random() < 0.5:
+            self.upstream(self.rnd)
+        else:
+            kinds = ["sync", "tag", "retry", "sigkill", *(f"kill:{s}" for s in STEPS)]
+            weights = [3, 2, 1, 0.5, *([1] * len(STEPS))]
+            self.sync(self.rnd.choices(kinds, weights)[0], self.rnd)
+
+    # -- upstream -----------------------------------------------------------------------
+    def _days(self, action: str) -> list[int]:
+        """The days ``action`` applies to now."""
+        if action == "arrive":
+            return [d for d, u in self.up.items() if u.seed is None]
+        if action == "restore":
+            return [d for d, u in self.up.items() if u.in_attic]
         return [d for d, u in self.up.items() if u.seed is not None and not u.in_attic]
 
-    def _deleted(self) -> list[int]:
-        return [d for d, u in self.up.items() if u.in_attic]
+    def upstream(self, rnd: random.Random) -> None:
+        """Something happens to one day's file upstream.
 
-    @precondition(lambda self: self._unseen())
-    @rule(data=st.data(), broken=st.sampled_from([False, False, False, True]))
-    def arrive(self, data: st.DataObject, broken: bool) -> None:
-        """A day arrives (late, early or in order), sometimes as a broken upload."""
-        day = data.draw(st.sampled_from(self._unseen()), label="day")
-        self._count("arrive")
-        self._write(day, 0, broken)
-
-    @precondition(lambda self: self._present())
-    @rule(data=st.data())
-    def revise(self, data: st.DataObject) -> None:
-        """Re-processed upstream: new values, same steps (also fixes a broken one)."""
-        day = data.draw(st.sampled_from(self._present()), label="day")
-        self._count("revise")
-        self._write(day, self.next_seed, False)
-        self.next_seed += 1
-
-    @precondition(lambda self: self._present())
-    @rule(data=st.data())
-    def break_(self, data: st.DataObject) -> None:
-        """Replaced by a truncated upload."""
-        day = data.draw(st.sampled_from(self._present()), label="day")
+        arrive (any day, so late and out of order too; sometimes a broken upload),
+        revise (re-processed: new values, same steps; also fixes a broken one), break
+        (replaced by a truncated upload), delete, restore (the same file back, same
+        bytes and modification time).
+        """
+        actions = [a for a in ("arrive", "revise", "break", "delete", "restore") if self._days(a)]
+        action = rnd.choice(actions)
+        day = rnd.choice(self._days(action))
+        self._count(action, day)
         u = self.up[day]
-        assert u.seed is not None
-        self._count("break")
-        self._write(day, u.seed, True)
-
-    @precondition(lambda self: self._present())
-    @rule(data=st.data())
-    def delete(self, data: st.DataObject) -> None:
-        day = data.draw(st.sampled_from(self._present()), label="day")
-        self._count("delete")
-        self._path(day).rename(self.attic / self._path(day).name)
-        self.up[day].in_attic = True
-
-    @precondition(lambda self: self._deleted())
-    @rule(data=st.data())
-    def restore(self, data: st.DataObject) -> None:
-        """The same file comes back (same bytes, same modification time)."""
-        day = data.draw(st.sampled_from(self._deleted()), label="day")
-        self._count("restore")
-        (self.attic / self._path(day).name).rename(self._path(day))
-        self.up[day].in_attic = False
+        if action == "arrive":
+            self._write(day, 0, rnd.choice([False, False, True]))
+        elif action == "revise":
+            self._write(day, self.next_seed, False)
+            self.next_seed += 1
+        elif action == "break":
+            assert u.seed is not None
+            self._write(day, u.seed, True)
+        elif action == "delete":
+            self._path(day).rename(self.attic / self._path(day).name)
+            u.in_attic = True
+        else:
+            (self.attic / self._path(day).name).rename(self._path(day))
+            u.in_attic = False
 
     # -- syncs --------------------------------------------------------------------------
-    @rule()
-    def sync(self) -> None:
-        self._count("sync")
-        self._sync()
-
-    @rule(name=st.sampled_from(["a", "b", "c", "d"]))
-    def sync_with_tag(self, name: str) -> None:
-        """A new tag, or a taken one: the data lands either way."""
-        self._count("sync_with_tag")
-        taken = name in self.tags
-        result = self._sync(tag=name)
-        if result.snapshots:
-            if taken:
+    def sync(self, how: str, rnd: random.Random) -> None:
+        """A sync: plain; with a tag (new or taken); `retry`; killed at a fault step
+        (in-process at the checkpoint, or a real subprocess SIGKILLed by REFSTORE_FAULT)
+        and run again."""
+        if how == "tag":
+            name = rnd.choice(["a", "b", "c"])
+            self._count("sync_with_tag")
+            taken = name in self.tags
+            result = self._sync(tag=name)
+            if result.snapshots and taken:
                 assert result.tag_refused and "exists already" in result.tag_refused
-            else:
+            elif result.snapshots:
                 assert result.tag_refused is None
                 self.tags[name] = TagView(dict(self.placed))
+            else:
+                assert result.tag_refused is None
+            return
+        if how == "retry":
+            self._count("retry")
+            with Ledger(self.config.ledger) as ledger:
+                ledger.requeue_quarantined()
+        elif how == "sigkill":
+            step = rnd.choice(STEPS)
+            self._count(f"sigkill:{step}")
+            env = {k: v for k, v in os.environ.items() if not k.startswith("REFSTORE_")}
+            proc = subprocess.run(
+                [sys.executable, "-m", "refstore", "sync"],
+                cwd=self.root,
+                env={**env, "REFSTORE_FAULT": step},
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            # A step the run never reaches (nothing to commit or export) lets it finish.
+            assert proc.returncode in (0, -signal.SIGKILL), proc.stderr
+        elif how.startswith("kill:"):
+            self._count(how)
+            with contextlib.suppress(_Killed), _fault_at(how.removeprefix("kill:")):
+                refstore.sync(self.config)
         else:
-            assert result.tag_refused is None
-
-    @rule(step=st.sampled_from(STEPS))
-    def kill_then_rerun(self, step: str) -> None:
-        """Die at a checkpoint (in-process), then the next sync recovers."""
-        self._count(f"kill:{step}")
-        with contextlib.suppress(_Killed), _fault_at(step):
-            refstore.sync(self.config)
-        self._sync()
-
-    @precondition(lambda self: self.steps % 4 == 3)  # a real kill now and then: ~3 s each
-    @rule(step=st.sampled_from(STEPS))
-    def sigkill_then_rerun(self, step: str) -> None:
-        """A real `refstore sync` subprocess SIGKILLed by REFSTORE_FAULT, then rerun."""
-        self._count(f"sigkill:{step}")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REFSTORE_")}
-        proc = subprocess.run(
-            [sys.executable, "-m", "refstore", "sync"],
-            cwd=self.root,
-            env={**env, "REFSTORE_FAULT": step},
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        # A step the run never reaches (nothing to commit or export) lets it finish.
-        assert proc.returncode in (0, -signal.SIGKILL), proc.stderr
-        self._sync()
-
-    @rule()
-    def retry(self) -> None:
-        self._count("retry")
-        with Ledger(self.config.ledger) as ledger:
-            ledger.requeue_quarantined()
+            self._count("sync")
         self._sync()
 
     # -- invariants ---------------------------------------------------------------------
@@ -425,7 +415,7 @@ def _run(examples: int, steps: int) -> None:
 
 def test_granule_life_short() -> None:
     before = FIGURES["steps"]
-    _run(examples=4, steps=15)
+    _run(examples=5, steps=20)
     assert FIGURES["steps"] - before >= 30  # the rules did run
 
 
