@@ -300,3 +300,8 @@ def test_late_granule_waits_when_the_tail_cannot_be_reread(
     assert_same_values(after.isel(time=slice(8, 12)).load(), direct_read([files[3]]))
     # the vanished day's references stay; reading them fails loudly, not silently
     np.testing.assert_array_equal(after.time.values[4:8], before.time.values[4:8])
+    # the day comes back: the waiting late day lands by itself (no `retry`)
+    arrive(files[2])
+    again = refstore.sync(config)
+    assert again.added == (files[1].name,) and again.quarantined == ()
+    assert_same_values(refstore.open_dataset(config).load(), direct_read(files))
