@@ -31,17 +31,17 @@ def store_lock(ledger_path: str | Path, wait: float = 0) -> Iterator[None]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=wait)
+    except Timeout:  # a TimeoutError, so an OSError too: first
+        raise ConflictError(
+            f"Another refstore process is writing this store (lock {path}).",
+            "Wait for it to finish, or pass --wait SECONDS to queue behind it.",
+        ) from None
     except OSError as e:
         raise StoreError(
             f"Cannot write the state folder {path.parent}: {e.strerror or e}.",
             f"Make {path.parent} writable (or point [store] ledger elsewhere) and free "
             "some space; status, log and verify need no write access.",
         ) from e
-    except Timeout:
-        raise ConflictError(
-            f"Another refstore process is writing this store (lock {path}).",
-            "Wait for it to finish, or pass --wait SECONDS to queue behind it.",
-        ) from None
     try:
         yield
     finally:
