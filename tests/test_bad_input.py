@@ -124,8 +124,21 @@ def test_retry_command_requeues_quarantined(
         check=False,
     )
     assert proc.returncode == 0 and "queued 1 granule(s) for retry" in proc.stdout
+    # it was really read again (and refused again: the file did not change)
     assert "quarantined x.nc: latitude" in proc.stderr
-    assert path.exists()
+    with Ledger(config.ledger) as ledger:
+        row = ledger.rows()[path.name]
+        events = [h["event"] for h in ledger.history(path.name)]
+    assert row.status is Status.QUARANTINED and row.attempts == 2
+    assert events == [
+        "seen",
+        "virtualized",
+        "quarantined",
+        "requeued",
+        "virtualized",
+        "quarantined",
+    ]
+    assert refstore.open_dataset(config).sizes["time"] == 8
 
 
 def test_two_concurrent_syncs_never_double_append(

@@ -13,8 +13,19 @@ def g(key: str, rev: str = "1") -> Granule:
     return Granule(key=key, url=f"file:///{key}", revision=rev)
 
 
-def row(key: str, status: Status, rev: str = "1") -> LedgerRow:
-    return LedgerRow(key=key, url=f"file:///{key}", revision=rev, status=status)
+def row(key: str, status: Status, rev: str = "1", placed: str | None = None) -> LedgerRow:
+    """A ledger row; committed ones (or any given ``placed``) are in the store."""
+    if status is Status.COMMITTED and placed is None:
+        placed = rev
+    return LedgerRow(
+        key=key,
+        url=f"file:///{key}",
+        revision=rev,
+        status=status,
+        offset=None if placed is None else 0,
+        length=None if placed is None else 4,
+        placed_revision=placed,
+    )
 
 
 def test_rules() -> None:
@@ -33,6 +44,32 @@ def test_rules() -> None:
     assert [x.key for x in plan.revised] == ["bad2", "changed"]
     assert (plan.unchanged, plan.quarantined, plan.missing) == (1, 1, ("gone",))
     assert [x.key for x in plan.todo] == ["bad2", "changed", "crashed", "new"]
+    assert plan.replacing == ("changed",)
+
+
+def test_a_granule_in_the_store_is_always_a_replacement() -> None:
+    """Whatever its status, a key placed by the history is replaced, never appended."""
+    rows = {
+        "broken": row("broken", Status.QUARANTINED, "2", placed="1"),
+        "killed": row("killed", Status.VIRTUALIZED, "2", placed="1"),
+        "waiting": row("waiting", Status.REVISED, "2", placed="1"),
+        "back": row("back", Status.QUARANTINED, "2", placed="1"),
+        "never": row("never", Status.QUARANTINED, "2"),
+    }
+    found = [g("broken", "3"), g("killed", "2"), g("waiting", "2"), g("back", "1"), g("never", "3")]
+    plan = plan_sync(found, rows)
+    assert [x.key for x in plan.todo] == ["broken", "killed", "never", "waiting"]
+    assert plan.replacing == ("broken", "killed", "waiting")
+    assert plan.reverted == ("back",)
+    assert plan_sync([], rows).missing == ("back", "broken", "killed", "waiting")
+
+
+def test_a_config_change_requeues_what_it_quarantined() -> None:
+    bad = LedgerRow("bad", "file:///bad", "1", Status.QUARANTINED, fingerprint="old")
+    assert plan_sync([g("bad")], {"bad": bad}, fingerprint="old").todo == ()
+    plan = plan_sync([g("bad")], {"bad": bad}, fingerprint="new")
+    assert [x.key for x in plan.todo] == ["bad"] and plan.requeued == ("bad",)
+    assert plan_sync([], {"bad": bad}, complete=False, fingerprint="new").requeued == ("bad",)
 
 
 keys = st.lists(st.text("abcdef0123456789", min_size=1, max_size=6), unique=True, max_size=30)

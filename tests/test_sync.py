@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -194,12 +198,44 @@ def test_grid_and_packing_drift_quarantined(make_config, arrive, ccmp_archive) -
     assert refstore.open_dataset(config).sizes["time"] == 8
 
 
-def test_crash_after_commit_heals_on_next_run(make_config, arrive, ccmp_archive) -> None:
+def test_crash_after_commit_heals_on_next_run(
+    make_config, arrive, ccmp_archive, tmp_path: Path
+) -> None:
+    config = make_config(executor="serial")
+    files = ccmp_archive(3)
+    arrive(files[0])
+    refstore.sync(config)
+    arrive(*files[1:])
+    # a real sync, SIGKILLed between its Icechunk commit and the ledger update
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFSTORE_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "refstore", "sync"],
+        cwd=tmp_path,
+        env={**env, "REFSTORE_FAULT": "after-commit"},
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == -signal.SIGKILL
+    store = open_store(config)
+    assert len(store.commits()) == 2  # the commit landed ...
+    with Ledger(config.ledger) as ledger:
+        assert ledger.rows()[files[1].name].status is not Status.COMMITTED  # ... unrecorded
+    result = refstore.sync(config)
+    assert result.up_to_date and result.snapshots == ()  # healed, nothing appended twice
+    assert len(open_store(config).commits()) == 2
+    with Ledger(config.ledger) as ledger:
+        rows = ledger.rows()
+    assert {r.status for r in rows.values()} == {Status.COMMITTED}
+    assert {k: r.offset for k, r in rows.items()} == {f.name: 4 * i for i, f in enumerate(files)}
+    assert_same_values(refstore.open_dataset(config).load(), direct_read(files))
+
+
+def test_a_lost_ledger_is_rebuilt_from_the_history(make_config, arrive, ccmp_archive) -> None:
     config = make_config()
     files = ccmp_archive(2)
     arrive(*files)
     refstore.sync(config)
-    # Lose the ledger entirely: the repository history is the source of truth.
     for p in Path(config.ledger).parent.glob("ledger.db*"):
         p.unlink()
     result = refstore.sync(config)
@@ -228,9 +264,17 @@ def test_revised_granule_is_replaced_in_place(make_config, arrive, ccmp_archive,
     assert not np.array_equal(after.uwnd.values[4:8], before.uwnd.values[4:8])
     # history: both revisions in the ledger; the old snapshot keeps the old references
     with Ledger(config.ledger) as ledger:
-        statuses = [(h["status"], h["revision"]) for h in ledger.history(files[1].name)]
-    assert [s for s, _ in statuses] == ["committed", "new", "committed"]
-    assert statuses[0][1] != statuses[2][1]
+        events = [(h["event"], h["revision"]) for h in ledger.history(files[1].name)]
+    assert [e for e, _ in events] == [
+        "seen",
+        "virtualized",
+        "committed",
+        "revised",
+        "virtualized",
+        "superseded",
+        "committed",
+    ]
+    assert events[2][1] == events[5][1] != events[6][1]
     old = refstore.open_dataset(config, at=first)
     assert old.sizes["time"] == 12
 
@@ -256,3 +300,8 @@ def test_late_granule_waits_when_the_tail_cannot_be_reread(
     assert_same_values(after.isel(time=slice(8, 12)).load(), direct_read([files[3]]))
     # the vanished day's references stay; reading them fails loudly, not silently
     np.testing.assert_array_equal(after.time.values[4:8], before.time.values[4:8])
+    # the day comes back: the waiting late day lands by itself (no `retry`)
+    arrive(files[2])
+    again = refstore.sync(config)
+    assert again.added == (files[1].name,) and again.quarantined == ()
+    assert_same_values(refstore.open_dataset(config).load(), direct_read(files))

@@ -10,7 +10,7 @@ from refstore.errors import ConfigError, NotFoundError
 from refstore.storage import S3Options, is_local, store_options
 from refstore.store import Store
 
-__all__ = ["open_dataset", "open_export", "open_refs", "open_store"]
+__all__ = ["open_dataset", "open_export", "open_history", "open_refs", "open_store"]
 
 
 def _config(config: str | os.PathLike[str] | Config | None) -> Config:
@@ -23,6 +23,13 @@ def open_store(config: str | os.PathLike[str] | Config | None = None) -> Store:
     from refstore.access import open_bound
 
     return open_bound(_config(config))[0]
+
+
+def open_history(config: str | os.PathLike[str] | Config | None = None) -> Store:
+    """The :class:`~refstore.store.Store` for reading its history and commit metadata
+    only: no source is contacted (it may be gone or unreachable) and no chunk is read."""
+    cfg = _config(config)
+    return Store(cfg.repo, options=store_options(cfg))
 
 
 def open_export(

@@ -27,6 +27,7 @@ __all__ = [
     "coverage",
     "placements",
     "prepare_encoding",
+    "split_unchanged_tail",
 ]
 
 DEFAULT_COORD_CHUNK = 1024
@@ -225,3 +226,27 @@ def commit_info(snapshot: str, message: str, written_at: str, meta: dict[str, An
         run_id=meta.get("run_id"),
         placements=placed,
     )
+
+
+def split_unchanged_tail[T](
+    sequence: Sequence[T | Placement], start: int
+) -> tuple[list[T | Placement], list[Placement]]:
+    """Split a rewrite's sequence into what must be written and the committed granules
+    after the last change that keep their offsets (their references stay as they are).
+
+    A revision of the same length changes one granule's references only: nothing after
+    it moves, so nothing after it needs to be re-read from its source (which may be
+    broken or gone meanwhile).
+    """
+    offset, last_change = start, -1
+    for index, item in enumerate(sequence):
+        if not isinstance(item, Placement) or item.offset != offset:
+            last_change = index
+        offset += item.length if isinstance(item, Placement) else _length(item)
+    kept = list(sequence[: last_change + 1])
+    tail = [p for p in sequence[last_change + 1 :] if isinstance(p, Placement)]
+    return kept, tail
+
+
+def _length(item: Any) -> int:
+    return int(item.length)

@@ -6,9 +6,11 @@ error's exit code: 2 config, 3 source, 4 granule, 5 store, 6 not found, 7 confli
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -127,9 +129,34 @@ def init(
         group=group,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    load_config(path)  # validate what was written
+    # Validate before writing: parse a draft beside the target, check a local source
+    # exists, and only then put the file in place.
+    draft = path.with_name(f".{path.name}.draft")
+    draft.write_text(text)
+    try:
+        _check_source(load_config(draft, environ={}))
+        os.replace(draft, path)
+    finally:
+        draft.unlink(missing_ok=True)
     click.echo(f"wrote {path}")
+
+
+def _check_source(cfg: Any) -> None:
+    """A local source folder (or a glob's folder) must exist; remote ones are not asked."""
+    from refstore.storage import is_local
+
+    if not cfg.source_url or not is_local(cfg.source_url):
+        return
+    local = Path(cfg.source_url.removeprefix("file://"))
+    folder = local
+    while any(ch in folder.name for ch in "*?[") and folder != folder.parent:
+        folder = folder.parent
+    if not folder.exists():
+        raise ConfigError(
+            f"The source {local} does not exist.",
+            "Pass --source an existing folder or glob of granules "
+            "(relative to the refstore.toml's folder).",
+        )
 
 
 def _progress_factory(enabled: bool) -> Callable[[int, str], Callable[[Any], None]] | None:
@@ -190,7 +217,19 @@ def sync(
     result = run_sync(cfg, tag=tag, wait=wait, progress=_progress_factory(show and not as_json))
     if as_json:
         _echo_json(result.to_dict())
-        return
+    else:
+        _print_sync(result)
+    if result.tag_refused:
+        from refstore.errors import TagExistsError
+
+        raise TagExistsError(
+            result.tag_refused,
+            "The snapshot was committed and exported; tag it with another name "
+            "(`refstore log` lists the tags).",
+        )
+
+
+def _print_sync(result: Any) -> None:
     for f in result.quarantined:
         click.echo(f"quarantined {f.reason}", err=True)
     for key in result.missing:
@@ -231,6 +270,9 @@ def status(config_path: str | None, as_json: bool) -> None:
         click.echo(f"  quarantined {q['reason']}")
     for m in info["missing"]:
         click.echo(f"  missing     {m['key']}: gone from the source since {m['since']}")
+    for u in info["unavailable"]:
+        start, stop = u["steps"]
+        click.echo(f"  unavailable steps {start}..{stop - 1} ({u['key']}): {u['why']}")
     for run in info["runs"][:5]:
         click.echo(
             f"run {run['id']}  {run['status']:<7} +{run['added'] or 0} "
@@ -244,10 +286,10 @@ def status(config_path: str | None, as_json: bool) -> None:
 @JSON_OPTION
 def log_cmd(config_path: str | None, limit: int | None, as_json: bool) -> None:
     """The store's snapshots, newest first, with their tags and granules."""
-    from refstore.api import open_store
+    from refstore.api import open_history
 
     _quiet_icechunk()
-    entries = open_store(_load(config_path)).log(limit)
+    entries = open_history(_load(config_path)).log(limit)
     if as_json:
         _echo_json(
             [
@@ -277,9 +319,17 @@ def log_cmd(config_path: str | None, limit: int | None, as_json: bool) -> None:
 def open_cmd(config_path: str | None, at: str | None, from_export: bool, as_json: bool) -> None:
     """Open the dataset (as it was at REF) and print a summary."""
     from refstore.api import open_dataset
+    from refstore.ledger import Ledger
+    from refstore.status import unavailable
 
     _quiet_icechunk()
-    ds = open_dataset(_load(config_path), at=at, source="export" if from_export else "repo")
+    cfg = _load(config_path)
+    ds = open_dataset(cfg, at=at, source="export" if from_export else "repo")
+    with Ledger(cfg.ledger, readonly=True) as ledger:
+        gaps = unavailable(ledger.rows().values()) if at is None else []
+    for u in gaps:
+        start, stop = u["steps"]
+        click.echo(f"unavailable steps {start}..{stop - 1} ({u['key']}): {u['why']}", err=True)
     if as_json:
         _echo_json(
             {
@@ -378,14 +428,44 @@ def main() -> None:
         click.echo(f"refstore: error: {e.message}", err=True)
         click.echo(f"  hint: {e.hint}", err=True)
         sys.exit(e.exit_code)
+    except (OSError, sqlite3.OperationalError) as e:
+        # A state, store or export folder that is read-only or full: the path and the fix.
+        if verbose or not _is_unwritable(e):
+            _unexpected(e, verbose)
+        where = getattr(e, "filename", None) or "a state file (the ledger)"
+        click.echo(f"refstore: error: cannot write {where}: {_strerror(e)}", err=True)
+        click.echo(
+            "  hint: make the [store] folders writable and free some space; "
+            "status, log and verify need no write access.",
+            err=True,
+        )
+        sys.exit(5)
     except KeyboardInterrupt:
         click.echo(
             "refstore: interrupted; the store is unchanged since its last snapshot", err=True
         )
         sys.exit(130)
     except Exception as e:
-        if verbose:
-            raise
-        click.echo(f"refstore: unexpected error: {type(e).__name__}: {e}", err=True)
-        click.echo("  hint: run again with --verbose and report the traceback.", err=True)
-        sys.exit(1)
+        _unexpected(e, verbose)
+
+
+def _unexpected(e: BaseException, verbose: bool) -> None:
+    if verbose:
+        raise e
+    click.echo(f"refstore: unexpected error: {type(e).__name__}: {e}", err=True)
+    click.echo("  hint: run again with --verbose and report the traceback.", err=True)
+    sys.exit(1)
+
+
+_UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
+
+
+def _is_unwritable(e: BaseException) -> bool:
+    if isinstance(e, sqlite3.OperationalError):
+        text = str(e)
+        return "readonly" in text or "disk is full" in text or "unable to open" in text
+    return isinstance(e, OSError) and e.errno in _UNWRITABLE
+
+
+def _strerror(e: BaseException) -> str:
+    return (e.strerror if isinstance(e, OSError) else None) or str(e)

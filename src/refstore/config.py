@@ -322,8 +322,15 @@ def load_config(
     elif (Path.cwd() / DEFAULT_CONFIG_NAME).is_file():
         config_path = Path.cwd() / DEFAULT_CONFIG_NAME
         values.update(_read_file(config_path))
-    values.update(_read_env(environ))
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    env = _read_env(environ)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if config_path is None and not env and not given:
+        raise ConfigError(
+            f"No {DEFAULT_CONFIG_NAME} here ({Path.cwd()}).",
+            "Run `refstore init --source FOLDER` to write one, or pass --config PATH.",
+        )
+    values.update(env)
+    values.update(given)
     values.setdefault("concat_dim", "")
     values.setdefault("source_url", "")
     for name in _PATH_FIELDS:

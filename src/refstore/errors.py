@@ -19,6 +19,7 @@ __all__ = [
     "RefstoreError",
     "SourceError",
     "StoreError",
+    "TagExistsError",
 ]
 
 
@@ -112,3 +113,10 @@ class ConflictError(RefstoreError):
 
     exit_code = 7
     default_hint = "Another `refstore sync` is running on this store; wait for it and run again."
+
+
+class TagExistsError(RefstoreError):
+    """A tag name asked for is taken; the sync itself committed and exported."""
+
+    exit_code = 9
+    default_hint = "Choose a tag name that is not taken; `refstore log` lists the tags."

@@ -167,8 +167,17 @@ def write_export(
     return path
 
 
+def respect_umask(path: Path, mode: int) -> None:
+    """Give a file/folder made by ``tempfile`` (0600/0700) the mode a plain one would
+    get, so other users of a shared store can read the export."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(mode & ~umask)
+
+
 def _write_json(refs: dict[str, Any], path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    respect_umask(Path(tmp), 0o666)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(refs, f)

@@ -149,8 +149,13 @@ def append_export(
     new_dir = Path(
         tempfile.mkdtemp(prefix=f".{path.name}.v{time.time_ns():020d}-", dir=path.parent)
     )
+    from refstore.export import respect_umask
+    from refstore.faults import checkpoint
+
+    respect_umask(new_dir, 0o777)
     try:
         _write(old_dir, new_dir, zmeta, plan, record_size)
+        checkpoint("during-incremental-export")
         _publish(path, new_dir)
     except BaseException:
         shutil.rmtree(new_dir, ignore_errors=True)

@@ -4,7 +4,8 @@ unset in normal use, where :func:`checkpoint` costs one dictionary lookup.
 
 Steps: ``after-discovery``, ``after-virtualization``, ``mid-write`` (references written
 into the Icechunk session, not committed), ``after-commit`` (before the ledger update),
-``during-export`` (new export written, not yet published).
+``during-export`` (new export written, not yet published), ``during-incremental-export``
+(an append's refs written into a new export version, not yet published).
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ import signal
 
 __all__ = ["STEPS", "checkpoint"]
 
-STEPS = ("after-discovery", "after-virtualization", "mid-write", "after-commit", "during-export")
+STEPS = (
+    "after-discovery",
+    "after-virtualization",
+    "mid-write",
+    "after-commit",
+    "during-export",
+    "during-incremental-export",
+)
 
 
 def checkpoint(step: str) -> None:

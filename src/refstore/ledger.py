@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from refstore.errors import StoreError
+from refstore.lifecycle import Event, next_status
 from refstore.models import CommitInfo, Failure, Granule, LedgerRow, Placement, Status
 
 __all__ = ["Ledger"]
@@ -102,10 +103,24 @@ def _m002_placement(db: Any) -> None:
     table.create_index(["offset"])
 
 
+def _m003_lifecycle(db: Any) -> None:
+    # The revision the store serves (apart from the newest one seen), the dataset
+    # settings a quarantine was decided under, and the event of each history entry.
+    granules = db.table("granules")
+    granules.add_column("placed_revision", str)
+    granules.add_column("fingerprint", str)
+    db.execute(
+        "update granules set placed_revision = revision"
+        " where offset is not null and status = 'committed'"
+    )
+    db.table("history").add_column("event", str)
+
+
 # Numbered migrations, applied in order and recorded in the `migrations` table.
 MIGRATIONS: tuple[tuple[str, Callable[[Any], None]], ...] = (
     ("001_initial", _m001_initial),
     ("002_placement", _m002_placement),
+    ("003_lifecycle", _m003_lifecycle),
 )
 
 
@@ -116,6 +131,9 @@ class Ledger:
     ----------
     path
         The database file; its folder is created if missing.
+    readonly
+        Open for reading only (``status``, ``verify``): nothing is created or migrated,
+        a read-only file or folder is fine, and a missing file reads as empty.
 
     Raises
     ------
@@ -123,27 +141,53 @@ class Ledger:
         The file exists but is not a SQLite database, or cannot be written.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         import sqlite_utils
 
         self.path = Path(path)
+        self.readonly = readonly
+        conn: sqlite3.Connection | None = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
-            self.db = sqlite_utils.Database(conn)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self._migrate()
-        except sqlite3.DatabaseError as e:
-            if "conn" in locals():
+            if readonly:
+                conn = _connect_readonly(self.path)
+                self.db = sqlite_utils.Database(conn)
+                if self._pending():
+                    # Missing or older than this refstore: read a migrated copy in memory.
+                    memory = sqlite3.connect(":memory:", isolation_level=None)
+                    conn.backup(memory)
+                    conn.close()
+                    conn = memory
+                    self.db = sqlite_utils.Database(conn)
+                    self._migrate()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+                self.db = sqlite_utils.Database(conn)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self._migrate()
+        except (sqlite3.DatabaseError, OSError) as e:
+            if conn is not None:
                 conn.close()
+            unwritable = (
+                isinstance(e, OSError) or "readonly" in str(e) or "unable to open" in str(e)
+            )
             raise StoreError(
                 f"Cannot open the ledger {self.path}: {e}.",
-                "Point [store] ledger at a writable path; a corrupt ledger can be deleted "
+                f"Make {self.path.parent} writable (or point [store] ledger elsewhere); "
+                "commands that only read (status, log, verify) need no write access."
+                if unwritable
+                else "Point [store] ledger at a writable path; a corrupt ledger can be deleted "
                 "and rebuilt from the repository history by the next sync.",
             ) from e
 
     # -- schema -------------------------------------------------------------------
+    def _pending(self) -> bool:
+        if not self.db.table("migrations").exists():
+            return True
+        done = {r["name"] for r in self.db.table("migrations").rows}
+        return any(name not in done for name, _ in MIGRATIONS)
+
     def _migrate(self) -> None:
         if not self.db.table("migrations").exists():
             self.db.table("migrations").create({"name": str, "applied_at": str}, pk="name")
@@ -184,22 +228,17 @@ class Ledger:
         where = "status = ?" if status else None
         args = [str(status)] if status else []
         for r in self.db.table("granules").rows_where(where, args, order_by="start, key"):
-            yield LedgerRow(
-                key=r["key"],
-                url=r["url"],
-                revision=r["revision"],
-                status=Status(r["status"]),
-                snapshot=r["snapshot"],
-                start=r["start"],
-                end=r["end"],
-                reason=r["reason"],
-                attempts=r["attempts"] or 0,
-            )
+            yield _row(r)
 
     def counts(self) -> dict[str, int]:
         """Number of granules per status."""
         sql = "select status, count(*) from granules group by status"
         return dict(self.db.execute(sql).fetchall())
+
+    def row(self, key: str) -> LedgerRow | None:
+        """One granule's row, or None."""
+        found = list(self.db.table("granules").rows_where("key = ?", [key]))
+        return _row(found[0]) if found else None
 
     def history(self, key: str) -> list[dict[str, Any]]:
         """Every recorded status change of one granule, oldest first."""
@@ -267,15 +306,40 @@ class Ledger:
                 },
             )
 
+    def _move(
+        self,
+        key: str,
+        event: Event,
+        run_id: str | None,
+        *,
+        note: str | None = None,
+        snapshot: str | None = None,
+        columns: dict[str, Any] | None = None,
+    ) -> Status | None:
+        """Apply one transition of :data:`refstore.lifecycle.TRANSITIONS` to a row (and
+        ``columns``) and record it in the history with ``note``; returns the new status,
+        or None if the table has no such transition from the row's state (the row is
+        then left alone)."""
+        row = self.row(key)
+        if row is None:
+            return None
+        target = next_status(row.status, event, in_store=row.in_store)
+        if target is None:
+            return None
+        changes = {**(columns or {}), "status": str(target), "updated_at": _now()}
+        self.db.table("granules").update(key, changes)
+        revision = changes.get("revision", row.revision)
+        self._log(key, revision, target, snapshot, note, run_id, event)
+        return target
+
     def record_seen(self, granules: Iterable[Granule], run_id: str) -> None:
-        """Insert new granules, or reset revised ones to ``new`` with their new revision."""
+        """Insert new granules (``seen``); record another revision of known ones
+        (``revised``: back to ``new``, or ``revised`` while the store serves the old)."""
         now = _now()
         with self._tx():
             for g in granules:
-                existing = self.db.execute(
-                    "select revision from granules where key = ?", [g.key]
-                ).fetchone()
-                if existing is None:
+                row = self.row(g.key)
+                if row is None:
                     self.db.table("granules").insert(
                         {
                             "key": g.key,
@@ -290,73 +354,107 @@ class Ledger:
                             "run_id": run_id,
                         }
                     )
-                elif existing[0] != g.revision:
-                    self.db.table("granules").update(
+                    self._log(g.key, g.revision, Status.NEW, None, None, run_id, Event.SEEN)
+                elif row.revision != g.revision:
+                    self._move(
                         g.key,
-                        {
+                        Event.REVISED,
+                        run_id,
+                        note="revised upstream",
+                        columns={
                             "url": g.url,
                             "revision": g.revision,
                             "size": g.size,
                             "modified": g.modified,
-                            "status": str(Status.NEW),
                             "reason": None,
-                            "updated_at": now,
                             "run_id": run_id,
                         },
                     )
-                    self._log(g.key, g.revision, Status.NEW, None, "revised upstream", run_id)
 
     def mark_virtualized(
         self, keys: Iterable[str], ranges: dict[str, tuple[str | None, str | None]]
     ) -> None:
         """Granules whose virtual datasets were built in this run."""
-        now = _now()
         with self._tx():
             for key in keys:
                 start, end = ranges.get(key, (None, None))
-                self.db.execute(
-                    "update granules set status = ?, start = ?, end = ?, attempts = attempts + 1,"
-                    " updated_at = ? where key = ? and status != ?",
-                    [str(Status.VIRTUALIZED), start, end, now, key, str(Status.COMMITTED)],
+                row = self.row(key)
+                if row is None:
+                    continue
+                self._move(
+                    key,
+                    Event.VIRTUALIZED,
+                    None,
+                    columns={"start": start, "end": end, "attempts": row.attempts + 1},
                 )
 
-    def quarantine(self, failures: Iterable[Failure], run_id: str) -> None:
-        """Set granules aside with the one-line reason why."""
-        now = _now()
+    def quarantine(
+        self, failures: Iterable[Failure], run_id: str, fingerprint: str | None = None
+    ) -> None:
+        """Set granules aside with the one-line reason why and the dataset settings
+        (``fingerprint``) it was decided under."""
         with self._tx():
             for f in failures:
-                self.db.execute(
-                    "update granules set status = ?, reason = ?, attempts = attempts + 1,"
-                    " updated_at = ?, run_id = ? where key = ?",
-                    [str(Status.QUARANTINED), f.reason, now, run_id, f.key],
-                )
-                rev = self.db.execute(
-                    "select revision from granules where key = ?", [f.key]
-                ).fetchone()
-                self._log(
-                    f.key, rev[0] if rev else None, Status.QUARANTINED, None, f.reason, run_id
+                row = self.row(f.key)
+                if row is None:
+                    continue
+                attempts = row.attempts + (row.status is not Status.VIRTUALIZED)
+                self._move(
+                    f.key,
+                    Event.QUARANTINED,
+                    run_id,
+                    note=f.reason,
+                    columns={
+                        "reason": f.reason,
+                        "attempts": attempts,
+                        "run_id": run_id,
+                        "fingerprint": fingerprint,
+                    },
                 )
 
-    def requeue_quarantined(self, keys: Iterable[str] | None = None) -> list[str]:
-        """Put quarantined granules (all, or ``keys``) back to ``new`` for the next sync."""
+    def requeue_quarantined(
+        self, keys: Iterable[str] | None = None, reason: str = "retry requested"
+    ) -> list[str]:
+        """Put quarantined granules (all, or ``keys``) back in the queue for the next sync."""
+        wanted = None if keys is None else set(keys)
         with self._tx():
             rows = [
                 r.key
                 for r in self.iter_rows(Status.QUARANTINED)
-                if keys is None or r.key in set(keys)
+                if wanted is None or r.key in wanted
             ]
             for key in rows:
-                self.db.execute(
-                    "update granules set status = ?, updated_at = ? where key = ?",
-                    [str(Status.NEW), _now(), key],
-                )
+                self._move(key, Event.REQUEUED, None, note=reason)
         return rows
 
+    def revert(self, keys: Iterable[str], run_id: str) -> None:
+        """Sources back to the revision the store serves: committed again, no snapshot."""
+        with self._tx():
+            for key in keys:
+                row = self.row(key)
+                if row is None or row.placed_revision is None:
+                    continue
+                self._move(
+                    key,
+                    Event.REVERTED,
+                    run_id,
+                    note="the source is back to the revision in the store",
+                    columns={
+                        "revision": row.placed_revision,
+                        "reason": None,
+                        "fingerprint": None,
+                        "run_id": run_id,
+                    },
+                )
+
     def apply_commits(self, commits: Iterable[CommitInfo]) -> int:
-        """Mark every granule placed by ``commits`` committed (oldest commit first).
+        """Record where ``commits`` (oldest first) placed each granule; a granule whose
+        placed revision is its newest becomes ``committed``.
 
         This is how a crash between an Icechunk commit and the ledger update heals:
-        the commit metadata is the source of truth. Returns the rows changed.
+        the commit metadata is the source of truth for placements. A granule whose newer
+        revision was seen after the commit keeps its status, with its placement (and the
+        revision it serves) updated. Returns the rows changed.
         """
         changed = 0
         now = _now()
@@ -369,23 +467,20 @@ class Ledger:
                     )
                 )
                 for p in placements:
-                    row = self.db.execute(
-                        "select status, snapshot, revision from granules where key = ?", [p.key]
-                    ).fetchone()
-                    if row is not None and row[0] == Status.COMMITTED and row[1] == c.snapshot:
-                        continue
-                    where: dict[str, Any] = {
-                        "status": str(Status.COMMITTED),
-                        "snapshot": c.snapshot,
-                        "updated_at": now,
-                    }
+                    row = self.row(p.key)
+                    if row is not None and row.snapshot == c.snapshot:
+                        continue  # applied already
+                    placed: dict[str, Any] = {"snapshot": c.snapshot, "updated_at": now}
+                    if p.revision:
+                        placed["placed_revision"] = p.revision
                     if p.offset >= 0:
-                        where |= {
+                        placed |= {
                             "offset": p.offset,
                             "length": p.length,
                             "first_value": p.first,
                             "last_value": p.last,
                         }
+                    changed += 1
                     if row is None:
                         # The ledger was lost or is older than the repo: rebuild the row.
                         self.db.table("granules").insert(
@@ -393,19 +488,44 @@ class Ledger:
                                 "key": p.key,
                                 "url": p.url,
                                 "revision": p.revision,
+                                "status": str(Status.COMMITTED),
                                 "attempts": 1,
                                 "first_seen": now,
                                 "run_id": c.run_id,
-                                **where,
+                                **placed,
                             }
                         )
-                    elif p.revision and row[2] != p.revision:
-                        # A newer revision was seen after this commit; keep it queued.
+                        self._log(
+                            p.key,
+                            p.revision,
+                            Status.COMMITTED,
+                            c.snapshot,
+                            c.message,
+                            c.run_id,
+                            Event.COMMITTED,
+                        )
                         continue
-                    else:
-                        self.db.table("granules").update(p.key, {**where, "reason": None})
-                    self._log(p.key, p.revision, Status.COMMITTED, c.snapshot, c.message, c.run_id)
-                    changed += 1
+                    old = row.placed_revision
+                    if old and p.revision and old != p.revision:
+                        self._log(
+                            p.key,
+                            old,
+                            row.status,
+                            c.snapshot,
+                            f"replaced by {p.revision}",
+                            c.run_id,
+                            Event.SUPERSEDED,
+                        )
+                    self.db.table("granules").update(p.key, placed)
+                    if not p.revision or row.revision == p.revision:
+                        self._move(
+                            p.key,
+                            Event.COMMITTED,
+                            c.run_id,
+                            note=c.message,
+                            snapshot=c.snapshot,
+                            columns={"reason": None, "fingerprint": None},
+                        )
         return changed
 
     def placements(self) -> list[Placement]:
@@ -414,16 +534,17 @@ class Ledger:
         A revised granule waiting for its replacement keeps its old place (and row).
         """
         sql = (
-            "select key, revision, url, offset, length, first_value, last_value from granules"
-            " where offset is not null order by offset"
+            "select key, coalesce(placed_revision, revision), url, offset, length,"
+            " first_value, last_value from granules where offset is not null order by offset"
         )
         return [
             Placement(key, rev, url, offset, length, first, last)
             for key, rev, url, offset, length, first, last in self.db.execute(sql).fetchall()
         ]
 
-    def mark_missing(self, keys: Iterable[str]) -> None:
-        """Record when committed granules were first found gone from the source."""
+    def mark_missing(self, keys: Iterable[str], run_id: str | None = None) -> None:
+        """Record when granules in the store were first found gone from the source, and
+        when they came back."""
         wanted = set(keys)
         with self._tx():
             for (key,) in self.db.execute(
@@ -431,10 +552,32 @@ class Ledger:
             ).fetchall():
                 if key not in wanted:  # it came back
                     self.db.execute("update granules set missing_since = null where key = ?", [key])
-            for key in wanted:
+                    row = self.row(key)
+                    if row is not None:
+                        self._log(
+                            key,
+                            row.revision,
+                            row.status,
+                            None,
+                            "listed again",
+                            run_id,
+                            Event.RETURNED,
+                        )
+            for key in sorted(wanted):
+                row = self.row(key)
+                if row is None or row.missing_since is not None:
+                    continue
                 self.db.execute(
-                    "update granules set missing_since = coalesce(missing_since, ?) where key = ?",
-                    [_now(), key],
+                    "update granules set missing_since = ? where key = ?", [_now(), key]
+                )
+                self._log(
+                    key,
+                    row.revision,
+                    row.status,
+                    None,
+                    "no longer in the source",
+                    run_id,
+                    Event.VANISHED,
                 )
 
     def missing(self) -> list[tuple[str, str]]:
@@ -455,10 +598,12 @@ class Ledger:
         snapshot: str | None,
         reason: str | None,
         run_id: str | None,
+        event: Event | None = None,
     ) -> None:
         self.db.table("history").insert(
             {
                 "key": key,
+                "event": str(event or status),
                 "revision": revision,
                 "status": str(status),
                 "snapshot": snapshot,
@@ -467,6 +612,41 @@ class Ledger:
                 "at": _now(),
             }
         )
+
+
+def _row(r: dict[str, Any]) -> LedgerRow:
+    return LedgerRow(
+        key=r["key"],
+        url=r["url"],
+        revision=r["revision"],
+        status=Status(r["status"]),
+        snapshot=r["snapshot"],
+        start=r["start"],
+        end=r["end"],
+        reason=r["reason"],
+        attempts=r["attempts"] or 0,
+        offset=r.get("offset"),
+        length=r.get("length"),
+        placed_revision=r.get("placed_revision"),
+        missing_since=r.get("missing_since"),
+        fingerprint=r.get("fingerprint"),
+    )
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection; works in a read-only folder (WAL included), and reads a
+    missing file as an empty ledger."""
+    if not path.exists():
+        return sqlite3.connect(":memory:", isolation_level=None)
+    uri = path.resolve().as_uri()
+    try:
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None)
+        conn.execute("select count(*) from sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        # A WAL database in a folder we cannot write (no -shm file): read it as
+        # immutable; nobody can be writing it there.
+        return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
 
 
 class _Transaction:

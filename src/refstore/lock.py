@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from refstore.errors import ConflictError
+from refstore.errors import ConflictError, StoreError
 
 __all__ = ["store_lock"]
 
@@ -27,15 +27,21 @@ def store_lock(ledger_path: str | Path, wait: float = 0) -> Iterator[None]:
     from filelock import FileLock, Timeout
 
     path = Path(f"{ledger_path}.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path))
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=wait)
-    except Timeout:
+    except Timeout:  # a TimeoutError, so an OSError too: first
         raise ConflictError(
             f"Another refstore process is writing this store (lock {path}).",
             "Wait for it to finish, or pass --wait SECONDS to queue behind it.",
         ) from None
+    except OSError as e:
+        raise StoreError(
+            f"Cannot write the state folder {path.parent}: {e.strerror or e}.",
+            f"Make {path.parent} writable (or point [store] ledger elsewhere) and free "
+            "some space; status, log and verify need no write access.",
+        ) from e
     try:
         yield
     finally:

@@ -8,13 +8,18 @@ from typing import Any
 
 
 class Status(enum.StrEnum):
-    """Where a granule is in its life: new → virtualized → committed, or quarantined."""
+    """The state of a granule's newest revision (see :mod:`refstore.lifecycle`).
+
+    new → virtualized → committed, or quarantined; ``revised`` is a granule in the
+    store whose newer revision waits to replace the one served. Whether a granule is
+    in the store is not a status: it is its placement (:attr:`LedgerRow.in_store`).
+    """
 
     NEW = "new"
     VIRTUALIZED = "virtualized"
     COMMITTED = "committed"
+    REVISED = "revised"
     QUARANTINED = "quarantined"
-    SUPERSEDED = "superseded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,16 @@ class LedgerRow:
     end: str | None = None
     reason: str | None = None
     attempts: int = 0
+    offset: int | None = None
+    length: int | None = None
+    placed_revision: str | None = None
+    missing_since: str | None = None
+    fingerprint: str | None = None
+
+    @property
+    def in_store(self) -> bool:
+        """Whether the committed history places this granule (the one fact for it)."""
+        return self.offset is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +72,9 @@ class SyncPlan:
     unchanged: int = 0
     quarantined: int = 0
     missing: tuple[str, ...] = ()
+    replacing: tuple[str, ...] = ()
+    reverted: tuple[str, ...] = ()
+    requeued: tuple[str, ...] = ()
 
     @property
     def todo(self) -> tuple[Granule, ...]:
@@ -66,10 +84,15 @@ class SyncPlan:
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """A granule that could not be used, with a one-line reason."""
+    """A granule that could not be used, with a one-line reason.
+
+    ``waiting``: it is fine itself but waits for another granule (one after its place
+    that cannot be re-read now); it is tried again on every sync until it lands.
+    """
 
     key: str
     reason: str
+    waiting: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +144,8 @@ class SyncResult:
     end: str | None = None
     export: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    tag_refused: str | None = None  # why the asked-for tag could not be created
 
     @property
     def up_to_date(self) -> bool:
@@ -140,5 +165,6 @@ class SyncResult:
             "end": self.end,
             "export": self.export,
             "up_to_date": self.up_to_date,
+            "warnings": list(self.warnings),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
         }

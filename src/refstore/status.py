@@ -1,18 +1,25 @@
-"""What ``refstore status`` reports: ledger counts, quarantine reasons, coverage, runs."""
+"""What ``refstore status`` reports: ledger counts, quarantine reasons, coverage, runs.
+
+Everything here comes from the ledger and the commit metadata: status never reads a
+chunk (virtual or not), so it answers with sources changed, deleted or unreachable, and
+on a read-only store or state folder.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from refstore.access import describe_hosts, open_bound
-from refstore.admit import from_json_value
+from refstore.admit import from_json_value, order_key, placed_value
 from refstore.config import Config
 from refstore.ledger import Ledger
-from refstore.models import Status
+from refstore.models import LedgerRow, Placement, Status
+from refstore.storage import store_options
 from refstore.store import Store
 from refstore.virtualize import format_value
 
-__all__ = ["coverage_gaps", "find_gaps", "gather_status"]
+__all__ = ["coverage_gaps", "find_gaps", "gather_status", "unavailable"]
 
 
 def find_gaps(values: Any) -> list[tuple[str | None, str | None]]:
@@ -35,26 +42,79 @@ def find_gaps(values: Any) -> list[tuple[str | None, str | None]]:
     ]
 
 
-def coverage_gaps(store: Store, concat_dim: str) -> list[dict[str, str | None]]:
-    """Gaps in the head's concat coordinate (reads the coordinate: one chunk a year)."""
-    ds = store.open_dataset(None)
-    if concat_dim not in ds.variables:
+def coverage_gaps(placements: Sequence[Placement]) -> list[dict[str, str | None]]:
+    """Gaps between the granules in the store, from their recorded first/last values.
+
+    The usual step is the median step inside granules (between granules when every
+    granule holds one step); a jump longer than 1.5x that between two neighbours is a gap.
+    """
+    import numpy as np
+
+    spans = [
+        (placed_value(p.first), placed_value(p.last), p.length)
+        for p in placements
+        if p.first and p.last
+    ]
+    if len(spans) < 2:
         return []
-    return [{"after": a, "before": b} for a, b in find_gaps(ds[concat_dim].values)]
+    keys = [(order_key(a), order_key(b), n) for a, b, n in spans]
+    inner = [(b - a) / (n - 1) for a, b, n in keys if n > 1]
+    between = [keys[i + 1][0] - keys[i][1] for i in range(len(keys) - 1)]
+    usual = float(np.median(inner)) if inner else float(np.median(between))
+    if usual <= 0:
+        return []
+    return [
+        {"after": format_value(spans[i][1]), "before": format_value(spans[i + 1][0])}
+        for i, step in enumerate(between)
+        if step > 1.5 * usual
+    ]
+
+
+def unavailable(rows: Iterable[LedgerRow]) -> list[dict[str, Any]]:
+    """Steps the store references but may not be able to serve, and why.
+
+    A granule in the store whose source moved on (a newer revision pending or
+    quarantined) or vanished: its references carry the committed bytes' checksum, so a
+    read of those steps fails loudly instead of serving other bytes. The rest of the
+    dataset opens and reads as usual.
+    """
+    out = []
+    for r in sorted(rows, key=lambda r: r.offset or 0):
+        if not r.in_store or r.offset is None:
+            continue
+        if r.missing_since:
+            why = f"its source is gone since {r.missing_since}"
+        elif r.placed_revision is not None and r.revision != r.placed_revision:
+            why = f"its source changed after the commit (now revision {r.revision}, {r.status}"
+            why += f": {r.reason})" if r.status is Status.QUARANTINED and r.reason else ")"
+        else:
+            continue
+        out.append(
+            {
+                "key": r.key,
+                "steps": [r.offset, r.offset + (r.length or 0)],
+                "serving": r.placed_revision,
+                "why": why,
+            }
+        )
+    return out
 
 
 def gather_status(config: Config) -> dict[str, Any]:
-    """A JSON-ready summary of the store and its ledger."""
-    ledger = Ledger(config.ledger)
+    """A JSON-ready summary of the store and its ledger (reads no chunk)."""
+    ledger = Ledger(config.ledger, readonly=True)
     try:
-        store, policy = open_bound(config)
+        # History only: no container is authorized, no chunk read, no login needed.
+        store = Store(config.repo, options=store_options(config))
+        bound, policy = open_bound(config)
         head = store.head() if store.exists() else None
+        rows = ledger.rows()
         return {
             "repo": config.repo,
             "ledger": config.ledger,
             "export": config.export,
             "head": head.snapshot if head else None,
-            "hosts": describe_hosts(store, policy),
+            "hosts": describe_hosts(bound, policy),
             "start": format_value(from_json_value(head.first)) if head else None,
             "end": format_value(from_json_value(head.last)) if head else None,
             "length": head.length if head else 0,
@@ -64,7 +124,8 @@ def gather_status(config: Config) -> dict[str, Any]:
                 for r in ledger.iter_rows(Status.QUARANTINED)
             ],
             "missing": [{"key": k, "since": since} for k, since in ledger.missing()],
-            "gaps": coverage_gaps(store, config.concat_dim) if head else [],
+            "unavailable": unavailable(rows.values()),
+            "gaps": coverage_gaps(ledger.placements()) if head else [],
             "runs": ledger.runs(),
         }
     finally:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from refstore.errors import ConflictError, NotFoundError, StoreError
+from refstore.errors import ConflictError, NotFoundError, StoreError, TagExistsError
 from refstore.models import CommitInfo
 from refstore.sources.base import ContainerSpec
 from refstore.storage import S3Options
@@ -348,17 +348,19 @@ class Store:
 
         Raises
         ------
-        ConflictError
-            The tag exists already.
+        TagExistsError
+            The tag exists already (or cannot be created under that name).
         """
         import icechunk
 
+        if name in self.repo.list_tags():
+            held = self.repo.lookup_tag(name)
+            raise TagExistsError(f"Tag {name!r} exists already (on snapshot {held}).")
         try:
             self.repo.create_tag(name, snapshot_id=snapshot)
         except icechunk.IcechunkError as e:
-            raise ConflictError(
-                f"Cannot create tag {name!r}: {e}", "Choose a tag name that is not taken."
-            ) from e
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TagExistsError(f"Cannot create tag {name!r}: {first}") from e
 
     # -- reading ----------------------------------------------------------------------
     def session(self, at: str | None = None) -> Any:
@@ -499,7 +501,8 @@ def _write_rectilinear(
 
 
 def _rewrite(store: Any, ds: Any, concat_dim: str, start: int, new_length: int) -> None:
-    """Resize along ``concat_dim`` and write ``ds`` over ``[start, new_length)``.
+    """Resize along ``concat_dim`` to ``new_length`` and write ``ds`` over
+    ``[start, start + len(ds))`` (the references after it, unchanged, stay).
 
     Loaded variables (the concat coordinate) are encoded with the stored units and
     written directly: xarray's region write would first decode the resized array,
@@ -513,6 +516,7 @@ def _rewrite(store: Any, ds: Any, concat_dim: str, start: int, new_length: int) 
 
     from refstore.rectilinear import is_rectilinear
 
+    stop = start + int(ds.sizes[concat_dim])
     group = zarr.open_group(store, mode="r+", zarr_format=3)
     for _, array in group.arrays():
         dims = getattr(array.metadata, "dimension_names", None) or ()
@@ -537,8 +541,8 @@ def _rewrite(store: Any, ds: Any, concat_dim: str, start: int, new_length: int) 
                 calendar if isinstance(calendar, str) else None,
                 dtype=array.dtype,
             )
-        array[start:new_length] = np.asarray(values).astype(array.dtype)
-    region = {concat_dim: slice(start, new_length)}
+        array[start:stop] = np.asarray(values).astype(array.dtype)
+    region = {concat_dim: slice(start, stop)}
     virtual = ds.drop_vars(loaded)
     if virtual.variables:
         virtual.vz.to_icechunk(store, region=region)

@@ -17,21 +17,29 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from refstore import batch as batching
 from refstore.access import bind, open_bound, scopes_hosts
-from refstore.admit import Admission, admit, from_json_value, order_key, stable_attrs
+from refstore.admit import (
+    Admission,
+    admit,
+    from_json_value,
+    order_key,
+    placed_value,
+    stable_attrs,
+)
 from refstore.chunkgrid import RECTILINEAR, REGULAR, choose_layout, concat_chunks, native_rows
 from refstore.config import Config
+from refstore.errors import ConfigError, TagExistsError
 from refstore.executors import Executor, Result, open_executor, virtualize_all
 from refstore.faults import checkpoint
 from refstore.hosts import HostPolicy, host_of
 from refstore.ledger import Ledger
 from refstore.lock import store_lock
-from refstore.models import Failure, Granule, Placement, Status, SyncResult
-from refstore.plan import batches, plan_sync
+from refstore.models import Failure, Granule, Placement, SyncResult
+from refstore.plan import WAITING, batches, common_failure, dataset_fingerprint, plan_sync
 from refstore.sources import Source, source_for
 from refstore.storage import export_registry, store_options
 from refstore.store import Head, Store
@@ -106,10 +114,12 @@ class _Run:
     run_id: str
     replaced: dict[str, str]
     progress: Callable[[Result], None] | None
+    fingerprint: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     added: list[str] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     snapshots: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     start: str | None = None
     end: str | None = None
     pool: Executor | None = None  # opened once per run, reused by every batch
@@ -163,15 +173,25 @@ class _Run:
             layout=layout,
         )
         failures += admission.rejected
+        tail: list[Placement] = []
         if admission.rewrite_from is not None:
+            if layout == REGULAR:  # a rectilinear rewrite re-splices every edge after it
+                kept, tail = batching.split_unchanged_tail(
+                    admission.sequence, admission.rewrite_from
+                )
+                admission = replace(admission, sequence=tuple(kept))
             store_last = from_json_value(head.last) if head else None
             admission, tail_failures = self._reread_tail(admission, store_last)
             failures += tail_failures
-        self.ledger.quarantine(failures, self.run_id)
+        waiting = [f for f in failures if f.waiting]
+        self.ledger.quarantine(
+            [f for f in failures if not f.waiting], self.run_id, self.fingerprint
+        )
+        self.ledger.quarantine(waiting, self.run_id, WAITING)
         self.failures += failures
         if admission.accepted:
             t = time.perf_counter()
-            snapshot, appended = self._commit(admission, head, layout)
+            snapshot, appended = self._commit(admission, head, layout, tail)
             self._time("commit", t)
             if head is not None and appended and layout == REGULAR:
                 self._export_tail(head, snapshot, appended)
@@ -279,7 +299,9 @@ class _Run:
         ]
         reason = "cannot be put in place: committed granule(s) after it could not be re-read: "
         failures = [
-            Failure(vg.granule.key, f"{vg.granule.key}: {reason}{'; '.join(problems)}")
+            Failure(
+                vg.granule.key, f"{vg.granule.key}: {reason}{'; '.join(problems)}", waiting=True
+            )
             for vg in admission.accepted
             if vg not in appends
         ]
@@ -301,9 +323,16 @@ class _Run:
         self._time("export", t)
 
     def _commit(
-        self, admission: Admission, head: Head | None, layout: str
+        self,
+        admission: Admission,
+        head: Head | None,
+        layout: str,
+        tail: Sequence[Placement] = (),
     ) -> tuple[str, list[VirtualGranule]]:
-        """Write and commit one batch; returns the snapshot and what was appended."""
+        """Write and commit one batch; returns the snapshot and what was appended.
+
+        ``tail``: committed granules after the last change of a rewrite, left in place.
+        """
         c, store = self.config, self.store
         accepted = admission.accepted
         added_keys = [vg.granule.key for vg in accepted if vg.granule.key not in self.replaced]
@@ -324,12 +353,12 @@ class _Run:
             else:
                 mode, offset = "rewrite", admission.rewrite_from
                 sequence = [vg for vg in admission.sequence if isinstance(vg, VirtualGranule)]
-        placed = batching.placements(sequence, offset)
-        new_length = offset + sum(vg.length for vg in sequence)
+        placed = batching.placements(sequence, offset) + list(tail)
+        new_length = offset + sum(vg.length for vg in sequence) + sum(p.length for p in tail)
         firsts = [vg.first for vg in sequence if vg.first is not None]
         if offset == 0 and firsts:
             store_first = firsts[0]
-        store_last = sequence[-1].last
+        store_last = placed_value(tail[-1].last) if tail else sequence[-1].last
         rectilinear = layout == RECTILINEAR
         ds = batching.combine(
             sequence, c.concat_dim, drop_static=head is not None, virtual=not rectilinear
@@ -449,21 +478,22 @@ def sync(
             else:
                 discovered = list(source.discover())
             rows = ledger.rows()
-            plan = plan_sync(discovered, rows, complete=not incremental)
+            fingerprint = dataset_fingerprint(
+                config.concat_dim, config.group, config.loadable_variables, config.drop_variables
+            )
+            plan = plan_sync(discovered, rows, complete=not incremental, fingerprint=fingerprint)
             if not incremental:
-                ledger.mark_missing(plan.missing)
-            # Committed granules revised upstream are re-read and replaced in place.
-            replaced = {
-                g.key: rows[g.key].revision
-                for g in plan.revised
-                if rows[g.key].status is Status.COMMITTED
-            }
+                ledger.mark_missing(plan.missing, run_id)
+            ledger.revert(plan.reverted, run_id)
+            ledger.requeue_quarantined(plan.requeued, reason="the dataset settings changed")
+            # Granules in the store (placed by the history) are replaced in place.
+            replaced = {k: rows[k].placed_revision or rows[k].revision for k in plan.replacing}
             checkpoint("after-discovery")
             ledger.record_seen(plan.todo, run_id)
             store, todo, refused = _keep_to_hosts(config, store, policy, plan.todo)
-            ledger.quarantine(refused, run_id)
+            ledger.quarantine(refused, run_id, fingerprint)
             on_done = progress(len(todo), "virtualizing") if progress and todo else None
-            run = _Run(config, store, store.source, ledger, run_id, replaced, on_done)
+            run = _Run(config, store, store.source, ledger, run_id, replaced, on_done, fingerprint)
             run.failures += refused
             run.timings["discover"] = time.perf_counter() - t0
             with open_executor(
@@ -477,13 +507,27 @@ def sync(
             if incremental:  # every granule listed is now committed, quarantined or queued
                 marks = [g.modified for g in discovered if g.modified]
                 ledger.raise_high_water(source.url, max(marks, default=None))
-            if tag and run.snapshots:
-                store.tag(tag, run.snapshots[-1])
             export_path = None
             if store.exists() and ledger.get_meta(EXPORTED) != store.head_snapshot():
                 t = time.perf_counter()
                 export_path = export_head(config, store, store.source, ledger)
                 run.timings["export"] = time.perf_counter() - t
+            tag_refused = None
+            if tag and run.snapshots:
+                try:
+                    store.tag(tag, run.snapshots[-1])
+                except TagExistsError as e:  # the data landed; only the name is refused
+                    tag_refused = e.message
+                    run.warnings.append(e.message)
+            bad = [f for f in run.failures if not f.waiting]
+            problem = common_failure(bad, len(plan.todo)) if not run.added else None
+            if problem is not None:
+                raise ConfigError(
+                    f"Every granule of this run ({len(plan.todo)}) was quarantined for the same "
+                    f"reason, a configuration problem rather than bad files: {problem}",
+                    "Fix [dataset] in refstore.toml (concat_dim, group, variables); the "
+                    "granules quarantined under the old settings are retried by the next sync.",
+                )
             ledger.finish_run(
                 run_id,
                 status="ok",
@@ -491,6 +535,7 @@ def sync(
                 added=len(run.added),
                 quarantined=len(run.failures),
                 snapshots=run.snapshots,
+                error="; ".join(run.warnings) or None,
             )
         except BaseException as e:
             ledger.finish_run(run_id, status="failed", error=f"{type(e).__name__}: {e}")
@@ -508,4 +553,6 @@ def sync(
         end=run.end,
         export=export_path,
         timings=run.timings,
+        warnings=tuple(run.warnings),
+        tag_refused=tag_refused,
     )

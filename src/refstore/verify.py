@@ -102,8 +102,14 @@ def verify(
     layout = layout_at(store.commits(at=snapshot))
     report = VerifyReport(snapshot=snapshot, granules=len(layout))
 
-    current = {g.key: g.revision for g in source.discover()}
-    ledger = Ledger(config.ledger)
+    from refstore.errors import RefstoreError
+
+    try:
+        current = {g.key: g.revision for g in source.discover()}
+    except RefstoreError as e:  # an unreachable source is a finding, not a crash
+        report.missing.append(f"source: {e.message}")
+        return report
+    ledger = Ledger(config.ledger, readonly=True)
     try:
         known = ledger.rows()
     finally:
