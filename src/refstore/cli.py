@@ -359,6 +359,57 @@ def retry(config_path: str | None, keys: tuple[str, ...], wait: float) -> None:
         ctx.invoke(sync, config_path=config_path, wait=wait)
 
 
+@cli.command(name="gc")
+@CONFIG_OPTION
+@click.option("--keep-last", type=int, help="Keep the newest N snapshots ([maintenance]).")
+@click.option("--keep-days", type=float, help="Keep snapshots newer than D days.")
+@click.option("--export-grace-hours", type=float, help="Keep a replaced export this long.")
+@click.option("--dry-run", is_flag=True, help="Print what would go; change nothing.")
+@click.option("--wait", type=float, default=0, help="Seconds to wait for a running sync.")
+@JSON_OPTION
+def gc_cmd(
+    config_path: str | None,
+    keep_last: int | None,
+    keep_days: float | None,
+    export_grace_hours: float | None,
+    dry_run: bool,
+    wait: float,
+    as_json: bool,
+) -> None:
+    """Expire snapshots the retention policy lets go (tags are kept), delete what only
+    they used, and prune export versions no reader can be using."""
+    from refstore.maintenance import Policy, gc
+
+    _quiet_icechunk()
+    cfg = _load(config_path)
+    policy = Policy.of(
+        cfg, keep_last=keep_last, keep_days=keep_days, export_grace_hours=export_grace_hours
+    )
+    report = gc(cfg, policy, dry_run=dry_run, wait=wait)
+    if as_json:
+        _echo_json(report.to_dict())
+        return
+    verb = "would expire" if dry_run else "expired"
+    click.echo(
+        f"{verb} {len(report.expired)} of {report.snapshots_before} snapshot(s) "
+        f"(older than {report.bound or '-'}; keep last {policy.keep_last}, "
+        f"{policy.keep_days:g} day(s), every tag)"
+    )
+    for tag in report.old_tags:
+        click.echo(f"  tag {tag} kept (older than the bound)")
+    freed = "would free" if dry_run else "freed"
+    click.echo(f"{freed} {report.manifests} manifest(s), {report.bytes:,} bytes")
+    if report.objects_before is not None:
+        click.echo(
+            f"repository {report.objects_before:,} objects {report.bytes_before:,} bytes -> "
+            f"{report.objects_after:,} objects {report.bytes_after:,} bytes"
+        )
+    for p in report.exports_pruned:
+        click.echo(f"{'would prune' if dry_run else 'pruned'} export version {p}")
+    if report.oldest_available:
+        click.echo(f"oldest snapshot kept {report.oldest_available}")
+
+
 def main() -> None:
     """Entry point: run the CLI, turning refstore errors into one line and a hint."""
     verbose = "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]

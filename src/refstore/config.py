@@ -13,6 +13,10 @@ The file's key names are a contract (other tools write them directly)::
     repo = "state/repo"
     ledger = "state/ledger.db"
     export = "state/export/refs.parquet"
+    [maintenance]                  # optional: what `refstore gc` keeps (tags always)
+    keep_last = 30                 # the newest N snapshots
+    keep_days = 30                 # and every snapshot newer than this many days
+    export_grace_hours = 1         # a replaced export version lives this long for readers
 
 Remote sources and stores add keys (see the README, "Real-world use: NASA Earthdata")::
 
@@ -93,6 +97,10 @@ class Config:
     store_region: str | None = None
     store_endpoint_url: str | None = None
     store_allow_http: bool = False
+    # Retention (``refstore gc``): tags are always kept.
+    keep_last: int = 30
+    keep_days: float = 30.0
+    export_grace_hours: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.concat_dim:
@@ -130,6 +138,13 @@ class Config:
             raise ConfigError(
                 f"[sync] executor must be one of {', '.join(EXECUTORS)}; got {self.executor!r}.",
                 'Use executor = "auto" unless you need a specific one.',
+            )
+        if self.keep_last < 1 or self.keep_days < 0 or self.export_grace_hours < 0:
+            raise ConfigError(
+                f"[maintenance] keep_last must be at least 1 and keep_days, "
+                f"export_grace_hours not negative (got {self.keep_last}, {self.keep_days}, "
+                f"{self.export_grace_hours}).",
+                "Use e.g. keep_last = 30, keep_days = 30, export_grace_hours = 1.",
             )
         if self.coord_chunk is not None and self.coord_chunk < 1:
             raise ConfigError(
@@ -176,6 +191,9 @@ _SCHEMA: dict[tuple[str, str], tuple[str, type]] = {
     ("sync", "executor"): ("executor", str),
     ("sync", "workers"): ("workers", int),
     ("sync", "dask_address"): ("dask_address", str),
+    ("maintenance", "keep_last"): ("keep_last", int),
+    ("maintenance", "keep_days"): ("keep_days", float),
+    ("maintenance", "export_grace_hours"): ("export_grace_hours", float),
 }
 _BOOL_TEXT = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 _DEFAULTS: dict[str, Any] = {
@@ -212,6 +230,10 @@ def _coerce(field: str, kind: type, value: Any, origin: str) -> Any:
             if isinstance(value, bool):
                 raise TypeError
             return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
         if kind is bool:
             if isinstance(value, bool):
                 return value
