@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import click
 
+from refstore.clilog import configure, emit_error
 from refstore.errors import ConfigError, RefstoreError
 
 CONFIG_OPTION = click.option(
@@ -34,15 +34,16 @@ def _echo_json(data: Any) -> None:
 
 
 def _quiet_icechunk() -> None:
-    # refstore holds its own lock, so Icechunk's concurrency warning is noise here.
-    if "ICECHUNK_LOG" not in os.environ:
-        import icechunk
-
-        icechunk.set_logs_filter("error")
+    # Done once for the process by refstore.clilog.configure (ICECHUNK_LOG is set before
+    # Icechunk is imported); kept so commands read the same as before.
+    return None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--verbose", "-v", is_flag=True, help="Log details and show tracebacks.")
+@click.option(
+    "--verbose", "-v", is_flag=True, help="Log details, third-party warnings and tracebacks."
+)
+@click.option("--log-json", is_flag=True, help="Write log events to stderr as JSON, one a line.")
 @click.option(
     "--config",
     "-c",
@@ -53,7 +54,7 @@ def _quiet_icechunk() -> None:
 )
 @click.version_option(package_name="refstore")
 @click.pass_context
-def cli(ctx: click.Context, verbose: bool, group_config: str | None) -> None:
+def cli(ctx: click.Context, verbose: bool, log_json: bool, group_config: str | None) -> None:
     """Keep virtual Zarr references of a growing NetCDF4/HDF5 collection.
 
     A SQLite ledger remembers the granules already referenced; `sync` adds only new
@@ -63,11 +64,17 @@ def cli(ctx: click.Context, verbose: bool, group_config: str | None) -> None:
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
     ctx.obj["config"] = group_config
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="refstore: %(message)s",
-        stream=sys.stderr,
-    )
+    ctx.obj["log_json"] = log_json
+    configure(verbose=verbose, log_json=log_json)
+
+
+def _event(message: str, level: int = logging.WARNING, **fields: Any) -> None:
+    """A notice on stderr: a plain line, or a JSON event with ``fields`` (--log-json)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and (ctx.find_object(dict) or {}).get("log_json"):
+        logging.getLogger("refstore").log(level, message, extra=fields)
+    elif level >= logging.WARNING:
+        click.echo(message, err=True)
 
 
 def _load(config_path: str | None, **overrides: Any) -> Any:
@@ -192,9 +199,10 @@ def sync(
         _echo_json(result.to_dict())
         return
     for f in result.quarantined:
-        click.echo(f"quarantined {f.reason}", err=True)
+        _event(f"quarantined {f.reason}", key=f.key, reason=f.reason)
     for key in result.missing:
-        click.echo(f"missing     {key}: no longer in the source (kept in the store)", err=True)
+        _event(f"missing     {key}: no longer in the source (kept in the store)", key=key)
+    _event("sync finished", logging.INFO, **result.to_dict())
     if result.up_to_date:
         click.echo(f"up to date ({result.discovered} granule(s) in the source)")
     else:
@@ -413,6 +421,7 @@ def gc_cmd(
 def main() -> None:
     """Entry point: run the CLI, turning refstore errors into one line and a hint."""
     verbose = "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]
+    log_json = "--log-json" in sys.argv[1:]
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
@@ -424,8 +433,7 @@ def main() -> None:
     except RefstoreError as e:
         if verbose:
             raise
-        click.echo(f"refstore: error: {e.message}", err=True)
-        click.echo(f"  hint: {e.hint}", err=True)
+        emit_error(e.message, e.hint, e.exit_code, log_json=log_json)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo(
