@@ -15,10 +15,7 @@ HEAVY = ("numpy", "xarray", "zarr", "icechunk", "virtualizarr", "sqlite_utils", 
 
 
 def test_importing_the_cli_imports_nothing_heavy() -> None:
-    code = (
-        "import sys, refstore.cli; "
-        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
-    )
+    code = f"import sys, refstore.cli; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 

@@ -19,6 +19,7 @@ import refstore
 from refstore.api import open_store
 from refstore.config import Config, load_config, render_toml
 from refstore.ledger import Ledger
+from refstore.listing import list_granules
 from refstore.maintenance import (
     Policy,
     SnapshotEntry,
@@ -102,6 +103,8 @@ def test_gc_frees_what_the_policy_allows_and_tags_still_open(tmp_path: Path) -> 
     for at in (None, "v2"):
         result = verify(config, sample=3, at=at, seed=1)
         assert result.ok and result.granules == (len(files) if at is None else 2)
+    for tag, held_files in held.items():  # `ls --at` lists what each tag held
+        assert [r.key for r in list_granules(config, at=tag)] == [f.name for f in held_files]
     with Ledger(config.ledger) as ledger:
         rows = ledger.expired()
     assert {r["state"] for r in rows} == {"expired", "kept"}

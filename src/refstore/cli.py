@@ -367,6 +367,26 @@ def retry(config_path: str | None, keys: tuple[str, ...], wait: float) -> None:
         ctx.invoke(sync, config_path=config_path, wait=wait)
 
 
+@cli.command(name="ls")
+@CONFIG_OPTION
+@click.option("--state", help="Only this state: committed, quarantined, new, virtualized, missing.")
+@click.option("--since", help="Only granules whose data ends at or after this (ISO) value.")
+@click.option("--at", "at", help="What this snapshot id, tag or date held.")
+@JSON_OPTION
+def ls_cmd(
+    config_path: str | None, state: str | None, since: str | None, at: str | None, as_json: bool
+) -> None:
+    """One row per granule: key, state, time range, position, revision, snapshot, reason."""
+    from refstore.listing import dumps, list_granules, render
+
+    rows = list_granules(_load(config_path), state=state, since=since, at=at)
+    if as_json:
+        click.echo(dumps(rows))
+        return
+    for line in render(rows):
+        click.echo(line)
+
+
 @cli.command(name="gc")
 @CONFIG_OPTION
 @click.option("--keep-last", type=int, help="Keep the newest N snapshots ([maintenance]).")
