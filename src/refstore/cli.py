@@ -312,6 +312,10 @@ def export(config_path: str | None, at: str | None, fmt: str, output: str | None
     _quiet_icechunk()
     cfg = _load(config_path)
     store = open_store(cfg)
+    if at is not None:
+        from refstore.maintenance import check_not_expired
+
+        check_not_expired(cfg, store, at)
     path = export_snapshot(cfg, store, store.source, store.resolve(at), output, fmt)
     click.echo(f"wrote {path}")
 
