@@ -391,6 +391,38 @@ def ls_cmd(
         click.echo(line)
 
 
+@cli.command(name="coverage")
+@CONFIG_OPTION
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the PNG here.")
+@click.option("--cadence", help='Expected step, e.g. "6h" (default: [dataset] cadence).')
+@JSON_OPTION
+def coverage_cmd(
+    config_path: str | None, output: str | None, cadence: str | None, as_json: bool
+) -> None:
+    """The concat dim's timeline: present steps, gaps vs the cadence, late, revised,
+    quarantined, missing sources and snapshot ends (JSON and/or a PNG)."""
+    from refstore.coverage import draw, gather
+
+    cfg = _load(config_path)
+    cov = gather(cfg, cadence or cfg.cadence)
+    if output:
+        draw(cov, output, title=Path(cfg.repo).name)
+    if as_json:
+        _echo_json(cov.to_dict())
+        return
+    facts = cov.to_dict()
+    click.echo(
+        f"{facts['steps']} steps {facts['start']} .. {facts['end']}, "
+        f"{len(facts['runs'])} run(s), {len(facts['gaps'])} gap(s), {len(facts['late'])} late, "
+        f"{len(facts['revised'])} revised, {len(facts['quarantined'])} quarantined, "
+        f"{len(facts['missing'])} missing"
+    )
+    for g in facts["gaps"]:
+        click.echo(f"  gap after {g['after']} before {g['before']} ({g['missing_steps']} step(s))")
+    if output:
+        click.echo(f"wrote {output}")
+
+
 @cli.command(name="gc")
 @CONFIG_OPTION
 @click.option("--keep-last", type=int, help="Keep the newest N snapshots ([maintenance]).")

@@ -71,6 +71,7 @@ class Config:
     drop_variables: tuple[str, ...] = ()
     group: str = ""
     coord_chunk: int | None = None
+    cadence: str | None = None  # e.g. "6h": the expected step, for `refstore coverage`
     batch_size: int = 1000
     executor: str = "auto"
     workers: int | None = None
@@ -164,6 +165,7 @@ _SCHEMA: dict[tuple[str, str], tuple[str, type]] = {
     ("dataset", "drop_variables"): ("drop_variables", list),
     ("dataset", "group"): ("group", str),
     ("dataset", "coord_chunk"): ("coord_chunk", int),
+    ("dataset", "cadence"): ("cadence", str),
     ("source", "url"): ("source_url", str),
     ("source", "urls_file"): ("urls_file", str),
     ("source", "short_name"): ("short_name", str),
