@@ -20,6 +20,18 @@ def test_importing_the_cli_imports_nothing_heavy() -> None:
     assert out.stdout.strip() == ""
 
 
+def test_sqlite_utils_without_pandas_then_pandas_still_imports(tmp_path: Path) -> None:
+    code = (
+        "import sys; from refstore.clilog import import_sqlite_utils_lightly as f; f(); "
+        "assert 'pandas' not in sys.modules and 'sqlite_utils.db' in sys.modules; "
+        "from refstore.ledger import Ledger; "
+        f"Ledger({str(tmp_path / 'l.db')!r}).set_meta('k', 'v'); "
+        "assert 'pandas' not in sys.modules; import pandas, xarray; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
 def test_known_warnings_are_filtered_unless_verbose() -> None:
     code = (
         "import warnings; from refstore.clilog import configure; "

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from refstore.clilog import configure, emit_error
+from refstore.clilog import configure, emit_error, import_sqlite_utils_lightly
 from refstore.errors import ConfigError, RefstoreError
 
 CONFIG_OPTION = click.option(
@@ -66,6 +66,7 @@ def cli(ctx: click.Context, verbose: bool, log_json: bool, group_config: str | N
     ctx.obj["config"] = group_config
     ctx.obj["log_json"] = log_json
     configure(verbose=verbose, log_json=log_json)
+    import_sqlite_utils_lightly()
 
 
 def _event(message: str, level: int = logging.WARNING, **fields: Any) -> None:

@@ -18,7 +18,13 @@ import time
 import warnings
 from typing import Any
 
-__all__ = ["KNOWN_WARNINGS", "JsonFormatter", "configure", "emit_error"]
+__all__ = [
+    "KNOWN_WARNINGS",
+    "JsonFormatter",
+    "configure",
+    "emit_error",
+    "import_sqlite_utils_lightly",
+]
 
 # (message regex, why it is harmless for refstore)
 KNOWN_WARNINGS: tuple[tuple[str, str], ...] = (
@@ -78,3 +84,20 @@ def emit_error(message: str, hint: str, exit_code: int, *, log_json: bool) -> No
         return
     print(f"refstore: error: {message}", file=sys.stderr)
     print(f"  hint: {hint}", file=sys.stderr)
+
+
+def import_sqlite_utils_lightly() -> None:
+    """Import sqlite-utils without pandas (0.4 s of a 0.6 s ``refstore ls``).
+
+    ``sqlite_utils.db`` imports pandas only to map ``pd.Timestamp`` columns to TEXT, which
+    refstore never inserts. pandas stays importable afterwards (xarray needs it).
+    """
+    if "sqlite_utils.db" in sys.modules or "pandas" in sys.modules:
+        return
+    sys.modules["pandas"] = None  # type: ignore[assignment]  # import -> ImportError
+    try:
+        import sqlite_utils.db  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        del sys.modules["pandas"]
