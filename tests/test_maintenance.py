@@ -18,6 +18,7 @@ import pytest
 import refstore
 from refstore.api import open_store
 from refstore.config import Config, load_config, render_toml
+from refstore.errors import ConfigError
 from refstore.ledger import Ledger
 from refstore.listing import list_granules
 from refstore.maintenance import (
@@ -185,3 +186,14 @@ def test_stale_export_versions_keep_published_and_recent_previous(tmp_path: Path
     assert stale == {names[0], ".refs.parquet.link-123"}  # the previous one is 10 min old
     stale = {p.name for p in stale_export_versions(export, 0.1, at)}
     assert stale == {names[0], names[1], ".refs.parquet.link-123"}
+
+
+def test_maintenance_config_and_flags(tmp_path: Path) -> None:
+    text = render_toml(source_url="incoming") + "[maintenance]\nkeep_last = 5\nkeep_days = 1.5\n"
+    (tmp_path / "refstore.toml").write_text(text)
+    config = load_config(tmp_path / "refstore.toml", environ={})
+    assert Policy.of(config) == Policy(keep_last=5, keep_days=1.5, export_grace_hours=1.0)
+    assert Policy.of(config, keep_last=7, keep_days=None).keep_last == 7
+    env = {"REFSTORE_MAINTENANCE_KEEP_LAST": "0"}
+    with pytest.raises(ConfigError, match="keep_last"):
+        load_config(tmp_path / "refstore.toml", environ=env)
