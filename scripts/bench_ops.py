@@ -148,6 +148,7 @@ def gc_figures(work: Path, snapshots: int) -> dict[str, Any]:
 
 def run(only: str, work: Path, out: Path, n: int, snapshots: int) -> dict[str, Any]:
     """One section; writes ``<out>/latest-<only>.json``."""
+    work, out = work.resolve(), out.resolve()
     report: dict[str, Any] = {"when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     if only == "cli":
         from bench import ensure_pool, first_sync, link_source, write_toml
