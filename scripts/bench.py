@@ -18,6 +18,8 @@ P3  no-op sync over N known granules (< 1 s).
 P4  lazy open through Icechunk and through the Parquet export (< 1 s) vs xr.open_mfdataset.
 P5  peak RSS of the first sync of N granules (< 1 GiB).
 IO  bytes and requests the virtualization of one real GAMSSA granule reads, by reader.
+OPS ``--only cli``: whole-process CLI latencies; ``--only gc``: gc on 500 snapshots
+    (scripts/bench_ops.py).
 
 Granules are tiny synthetic CCMP-like files (8 x 16 grid, 4 steps each, ~40 KB) written
 once into ``<work>/pool`` and hard-linked into one source folder per N.
@@ -452,10 +454,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "state" / "bench")
     parser.add_argument("--work", type=Path, help="Scratch folder (default <out>/work).")
     parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument(
+        "--only", choices=("cli", "gc"), help="Only the operations section (bench_ops.py)."
+    )
+    parser.add_argument("--granules", type=int, default=10_000, help="Store size for --only cli.")
+    parser.add_argument("--snapshots", type=int, default=500, help="Snapshots for --only gc.")
     args = parser.parse_args(argv)
     import icechunk
 
     icechunk.set_logs_filter("error")
+    if args.only:
+        import bench_ops
+
+        bench_ops.run(
+            args.only, args.work or args.out / "work", args.out, args.granules, args.snapshots
+        )
+        return 0
     sizes = sorted(args.sizes or ((100, 500) if args.quick else (100, 1000, 10_000)))
     n_max, n_min = sizes[-1], sizes[0]
     work = args.work or args.out / "work"

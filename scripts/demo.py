@@ -89,6 +89,8 @@ def main() -> None:
     run("sync")
     run("log")
     run("status")
+    run("ls", "--state", "committed")
+    run("coverage", "-o", str(DEMO / "coverage.png"))
     print("\n--- time travel: the store as it was after the first arrival")
     run("open", "--at", "arrival-1")
     print("\n--- the Parquet export, read with plain fsspec + xarray (no refstore):")

@@ -16,11 +16,16 @@ def test_migrations_recorded_once(tmp_path: Path) -> None:
     path = tmp_path / "l.db"
     Ledger(path).close()
     with Ledger(path) as ledger:
-        assert ledger.migrations == ["001_initial", "002_placement", "003_lifecycle"]
+        assert ledger.migrations == [
+            "001_initial",
+            "002_placement",
+            "003_lifecycle",
+            "004_expired",
+        ]
     conn = sqlite3.connect(path)
     names = {r[0] for r in conn.execute("select name from sqlite_master")}
     conn.close()
-    assert {"granules", "history", "runs", "meta", "migrations"} <= names
+    assert {"granules", "history", "runs", "meta", "migrations", "expired"} <= names
 
 
 def test_lifecycle_and_history(tmp_path: Path) -> None:

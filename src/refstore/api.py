@@ -161,6 +161,10 @@ def open_dataset(
         check = getattr(store.source, "check_access", None)
         if check is not None:
             check()  # a missing login is one line with a hint, not a failed chunk read
+        if at is not None:
+            from refstore.maintenance import check_not_expired
+
+            check_not_expired(cfg, store, at)
         return store.open_dataset(at, **kwargs)
     if source == "export":
         if at is not None:

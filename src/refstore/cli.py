@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from refstore.clilog import configure, emit_error, import_sqlite_utils_lightly
 from refstore.errors import ConfigError, RefstoreError
 
 CONFIG_OPTION = click.option(
@@ -36,15 +37,16 @@ def _echo_json(data: Any) -> None:
 
 
 def _quiet_icechunk() -> None:
-    # refstore holds its own lock, so Icechunk's concurrency warning is noise here.
-    if "ICECHUNK_LOG" not in os.environ:
-        import icechunk
-
-        icechunk.set_logs_filter("error")
+    # Done once for the process by refstore.clilog.configure (ICECHUNK_LOG is set before
+    # Icechunk is imported); kept so commands read the same as before.
+    return None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--verbose", "-v", is_flag=True, help="Log details and show tracebacks.")
+@click.option(
+    "--verbose", "-v", is_flag=True, help="Log details, third-party warnings and tracebacks."
+)
+@click.option("--log-json", is_flag=True, help="Write log events to stderr as JSON, one a line.")
 @click.option(
     "--config",
     "-c",
@@ -55,7 +57,7 @@ def _quiet_icechunk() -> None:
 )
 @click.version_option(package_name="refstore")
 @click.pass_context
-def cli(ctx: click.Context, verbose: bool, group_config: str | None) -> None:
+def cli(ctx: click.Context, verbose: bool, log_json: bool, group_config: str | None) -> None:
     """Keep virtual Zarr references of a growing NetCDF4/HDF5 collection.
 
     A SQLite ledger remembers the granules already referenced; `sync` adds only new
@@ -65,11 +67,18 @@ def cli(ctx: click.Context, verbose: bool, group_config: str | None) -> None:
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
     ctx.obj["config"] = group_config
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="refstore: %(message)s",
-        stream=sys.stderr,
-    )
+    ctx.obj["log_json"] = log_json
+    configure(verbose=verbose, log_json=log_json)
+    import_sqlite_utils_lightly()
+
+
+def _event(message: str, level: int = logging.WARNING, **fields: Any) -> None:
+    """A notice on stderr: a plain line, or a JSON event with ``fields`` (--log-json)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and (ctx.find_object(dict) or {}).get("log_json"):
+        logging.getLogger("refstore").log(level, message, extra=fields)
+    elif level >= logging.WARNING:
+        click.echo(message, err=True)
 
 
 def _load(config_path: str | None, **overrides: Any) -> Any:
@@ -231,9 +240,10 @@ def sync(
 
 def _print_sync(result: Any) -> None:
     for f in result.quarantined:
-        click.echo(f"quarantined {f.reason}", err=True)
+        _event(f"quarantined {f.reason}", key=f.key, reason=f.reason)
     for key in result.missing:
-        click.echo(f"missing     {key}: no longer in the source (kept in the store)", err=True)
+        _event(f"missing     {key}: no longer in the source (kept in the store)", key=key)
+    _event("sync finished", logging.INFO, **result.to_dict())
     if result.up_to_date:
         click.echo(f"up to date ({result.discovered} granule(s) in the source)")
     else:
@@ -356,6 +366,10 @@ def export(config_path: str | None, at: str | None, fmt: str, output: str | None
     _quiet_icechunk()
     cfg = _load(config_path)
     store = open_store(cfg)
+    if at is not None:
+        from refstore.maintenance import check_not_expired
+
+        check_not_expired(cfg, store, at)
     path = export_snapshot(cfg, store, store.source, store.resolve(at), output, fmt)
     click.echo(f"wrote {path}")
 
@@ -411,9 +425,113 @@ def retry(config_path: str | None, keys: tuple[str, ...], wait: float) -> None:
         ctx.invoke(sync, config_path=config_path, wait=wait)
 
 
+@cli.command(name="ls")
+@CONFIG_OPTION
+@click.option("--state", help="Only this state: committed, quarantined, new, virtualized, missing.")
+@click.option("--since", help="Only granules whose data ends at or after this (ISO) value.")
+@click.option("--at", "at", help="What this snapshot id, tag or date held.")
+@JSON_OPTION
+def ls_cmd(
+    config_path: str | None, state: str | None, since: str | None, at: str | None, as_json: bool
+) -> None:
+    """One row per granule: key, state, time range, position, revision, snapshot, reason."""
+    from refstore.listing import dumps, list_granules, render
+
+    rows = list_granules(_load(config_path), state=state, since=since, at=at)
+    if as_json:
+        click.echo(dumps(rows))
+        return
+    for line in render(rows):
+        click.echo(line)
+
+
+@cli.command(name="coverage")
+@CONFIG_OPTION
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the PNG here.")
+@click.option("--cadence", help='Expected step, e.g. "6h" (default: [dataset] cadence).')
+@JSON_OPTION
+def coverage_cmd(
+    config_path: str | None, output: str | None, cadence: str | None, as_json: bool
+) -> None:
+    """The concat dim's timeline: present steps, gaps vs the cadence, late, revised,
+    quarantined, missing sources and snapshot ends (JSON and/or a PNG)."""
+    from refstore.coverage import draw, gather
+
+    cfg = _load(config_path)
+    cov = gather(cfg, cadence or cfg.cadence)
+    if output:
+        draw(cov, output, title=Path(cfg.repo).name)
+    if as_json:
+        _echo_json(cov.to_dict())
+        return
+    facts = cov.to_dict()
+    click.echo(
+        f"{facts['steps']} steps {facts['start']} .. {facts['end']}, "
+        f"{len(facts['runs'])} run(s), {len(facts['gaps'])} gap(s), {len(facts['late'])} late, "
+        f"{len(facts['revised'])} revised, {len(facts['quarantined'])} quarantined, "
+        f"{len(facts['missing'])} missing"
+    )
+    for g in facts["gaps"]:
+        click.echo(f"  gap after {g['after']} before {g['before']} ({g['missing_steps']} step(s))")
+    if output:
+        click.echo(f"wrote {output}")
+
+
+@cli.command(name="gc")
+@CONFIG_OPTION
+@click.option("--keep-last", type=int, help="Keep the newest N snapshots ([maintenance]).")
+@click.option("--keep-days", type=float, help="Keep snapshots newer than D days.")
+@click.option("--export-grace-hours", type=float, help="Keep a replaced export this long.")
+@click.option("--dry-run", is_flag=True, help="Print what would go; change nothing.")
+@click.option("--wait", type=float, default=0, help="Seconds to wait for a running sync.")
+@JSON_OPTION
+def gc_cmd(
+    config_path: str | None,
+    keep_last: int | None,
+    keep_days: float | None,
+    export_grace_hours: float | None,
+    dry_run: bool,
+    wait: float,
+    as_json: bool,
+) -> None:
+    """Expire snapshots the retention policy lets go (tags are kept), delete what only
+    they used, and prune export versions no reader can be using."""
+    from refstore.maintenance import Policy, gc
+
+    _quiet_icechunk()
+    cfg = _load(config_path)
+    policy = Policy.of(
+        cfg, keep_last=keep_last, keep_days=keep_days, export_grace_hours=export_grace_hours
+    )
+    report = gc(cfg, policy, dry_run=dry_run, wait=wait)
+    if as_json:
+        _echo_json(report.to_dict())
+        return
+    verb = "would expire" if dry_run else "expired"
+    click.echo(
+        f"{verb} {len(report.expired)} of {report.snapshots_before} snapshot(s) "
+        f"(older than {report.bound or '-'}; keep last {policy.keep_last}, "
+        f"{policy.keep_days:g} day(s), every tag)"
+    )
+    for tag in report.old_tags:
+        click.echo(f"  tag {tag} kept (older than the bound)")
+    freed = "would free" if dry_run else "freed"
+    click.echo(f"{freed} {report.manifests} manifest(s), {report.bytes:,} bytes")
+    if report.objects_before is not None:
+        click.echo(
+            f"repository {report.objects_before:,} objects {report.bytes_before:,} bytes -> "
+            f"{report.objects_after:,} objects {report.bytes_after:,} bytes"
+        )
+    for p in report.exports_pruned:
+        click.echo(f"{'would prune' if dry_run else 'pruned'} export version {p}")
+    if report.oldest_available:
+        click.echo(f"oldest snapshot kept {report.oldest_available}")
+
+
 def main() -> None:
     """Entry point: run the CLI, turning refstore errors into one line and a hint."""
     verbose = "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]
+    log_json = "--log-json" in sys.argv[1:]
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
@@ -425,8 +543,7 @@ def main() -> None:
     except RefstoreError as e:
         if verbose:
             raise
-        click.echo(f"refstore: error: {e.message}", err=True)
-        click.echo(f"  hint: {e.hint}", err=True)
+        emit_error(e.message, e.hint, e.exit_code, log_json=log_json)
         sys.exit(e.exit_code)
     except (OSError, sqlite3.OperationalError) as e:
         # A state, store or export folder that is read-only or full: the path and the fix.

@@ -13,6 +13,10 @@ The file's key names are a contract (other tools write them directly)::
     repo = "state/repo"
     ledger = "state/ledger.db"
     export = "state/export/refs.parquet"
+    [maintenance]                  # optional: what `refstore gc` keeps (tags always)
+    keep_last = 30                 # the newest N snapshots
+    keep_days = 30                 # and every snapshot newer than this many days
+    export_grace_hours = 1         # a replaced export version lives this long for readers
 
 Remote sources and stores add keys (see the README, "Real-world use: NASA Earthdata")::
 
@@ -71,6 +75,7 @@ class Config:
     group: str = ""
     coord_chunk: int | None = None
     concat_chunks: str = "auto"  # decided when the repository is created (docs/layouts.md)
+    cadence: str | None = None  # e.g. "6h": the expected step, for `refstore coverage`
     batch_size: int = 1000
     executor: str = "auto"
     workers: int | None = None
@@ -98,6 +103,10 @@ class Config:
     store_region: str | None = None
     store_endpoint_url: str | None = None
     store_allow_http: bool = False
+    # Retention (``refstore gc``): tags are always kept.
+    keep_last: int = 30
+    keep_days: float = 30.0
+    export_grace_hours: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.concat_dim:
@@ -144,6 +153,13 @@ class Config:
                 f"got {self.concat_chunks!r}.",
                 'Use concat_chunks = "auto" (rectilinear only when granule lengths differ).',
             )
+        if self.keep_last < 1 or self.keep_days < 0 or self.export_grace_hours < 0:
+            raise ConfigError(
+                f"[maintenance] keep_last must be at least 1 and keep_days, "
+                f"export_grace_hours not negative (got {self.keep_last}, {self.keep_days}, "
+                f"{self.export_grace_hours}).",
+                "Use e.g. keep_last = 30, keep_days = 30, export_grace_hours = 1.",
+            )
         if self.coord_chunk is not None and self.coord_chunk < 1:
             raise ConfigError(
                 f"[dataset] coord_chunk must be positive, got {self.coord_chunk}.",
@@ -163,6 +179,7 @@ _SCHEMA: dict[tuple[str, str], tuple[str, type]] = {
     ("dataset", "group"): ("group", str),
     ("dataset", "coord_chunk"): ("coord_chunk", int),
     ("dataset", "concat_chunks"): ("concat_chunks", str),
+    ("dataset", "cadence"): ("cadence", str),
     ("source", "url"): ("source_url", str),
     ("source", "urls_file"): ("urls_file", str),
     ("source", "short_name"): ("short_name", str),
@@ -191,6 +208,9 @@ _SCHEMA: dict[tuple[str, str], tuple[str, type]] = {
     ("sync", "executor"): ("executor", str),
     ("sync", "workers"): ("workers", int),
     ("sync", "dask_address"): ("dask_address", str),
+    ("maintenance", "keep_last"): ("keep_last", int),
+    ("maintenance", "keep_days"): ("keep_days", float),
+    ("maintenance", "export_grace_hours"): ("export_grace_hours", float),
 }
 _BOOL_TEXT = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 _DEFAULTS: dict[str, Any] = {
@@ -227,6 +247,10 @@ def _coerce(field: str, kind: type, value: Any, origin: str) -> Any:
             if isinstance(value, bool):
                 raise TypeError
             return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
         if kind is bool:
             if isinstance(value, bool):
                 return value

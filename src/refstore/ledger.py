@@ -7,6 +7,8 @@ Tables
 ``history``   an append-only log of status changes (revisions, quarantines, commits).
 ``runs``      one row per ``refstore sync``.
 ``meta``      small key/value facts, e.g. the last snapshot reconciled with the repo.
+``expired``   snapshots ``refstore gc`` expired, with their commit metadata (the layout
+              history a snapshot kept after gc still needs).
 ``migrations`` numbered schema migrations already applied (as in sqlite-utils).
 
 The Icechunk history is the source of truth for what is committed; the ledger is an
@@ -116,11 +118,29 @@ def _m003_lifecycle(db: Any) -> None:
     db.table("history").add_column("event", str)
 
 
+def _m004_expired(db: Any) -> None:
+    # What gc expired, recorded *before* Icechunk forgets it (state pending -> expired).
+    db.table("expired").create(
+        {
+            "snapshot": str,
+            "written_at": str,
+            "message": str,
+            "metadata": str,
+            "state": str,
+            "gc_run": str,
+            "recorded_at": str,
+            "expired_at": str,
+        },
+        pk="snapshot",
+    )
+
+
 # Numbered migrations, applied in order and recorded in the `migrations` table.
 MIGRATIONS: tuple[tuple[str, Callable[[Any], None]], ...] = (
     ("001_initial", _m001_initial),
     ("002_placement", _m002_placement),
     ("003_lifecycle", _m003_lifecycle),
+    ("004_expired", _m004_expired),
 )
 
 
@@ -589,6 +609,41 @@ class Ledger:
                 " order by key"
             ).fetchall()
         ]
+
+    # -- expired snapshots (refstore gc) --------------------------------------------
+    def record_expiring(self, rows: Iterable[dict[str, Any]], gc_run: str) -> None:
+        """Remember snapshots about to be expired (``snapshot``, ``written_at``,
+        ``message``, ``metadata``) as ``pending``; already expired ones stay as they are."""
+        with self._tx():
+            for r in rows:
+                self.db.execute(
+                    "insert into expired (snapshot, written_at, message, metadata, state,"
+                    " gc_run, recorded_at) values (?, ?, ?, ?, 'pending', ?, ?)"
+                    " on conflict(snapshot) do nothing",
+                    [r["snapshot"], r["written_at"], r["message"], r["metadata"], gc_run, _now()],
+                )
+
+    def settle_expired(self, expired: Iterable[str], pending_alive: Iterable[str]) -> None:
+        """Mark ``expired`` snapshots expired, and pending ones still alive (tag tips cut
+        from ``main``'s history) ``kept``: both keep their metadata for layouts."""
+        now = _now()
+        with self._tx():
+            for snapshot in expired:
+                self.db.execute(
+                    "update expired set state = 'expired', expired_at = coalesce(expired_at, ?)"
+                    " where snapshot = ?",
+                    [now, snapshot],
+                )
+            for snapshot in pending_alive:
+                self.db.execute(
+                    "update expired set state = 'kept' where snapshot = ? and state = 'pending'",
+                    [snapshot],
+                )
+
+    def expired(self, state: str | None = None) -> list[dict[str, Any]]:
+        """Recorded expired (or ``state``) snapshots, oldest first."""
+        where, args = ("state = ?", [state]) if state else (None, [])
+        return list(self.db.table("expired").rows_where(where, args, order_by="written_at"))
 
     def _log(
         self,

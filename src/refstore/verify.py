@@ -95,25 +95,29 @@ def verify(
 
     from refstore.api import open_store
     from refstore.ledger import Ledger
+    from refstore.maintenance import check_not_expired, full_history
 
     store = open_store(config)
     source = store.source
+    if at is not None:
+        check_not_expired(config, store, at)
     snapshot = store.resolve(at)
-    layout = layout_at(store.commits(at=snapshot))
-    report = VerifyReport(snapshot=snapshot, granules=len(layout))
-
     from refstore.errors import RefstoreError
+
+    ledger = Ledger(config.ledger, readonly=True)
+    try:
+        known = ledger.rows()
+        # gc may have expired the commits that placed the oldest granules: the ledger kept them
+        layout = layout_at(full_history(store, ledger, snapshot))
+    finally:
+        ledger.close()
+    report = VerifyReport(snapshot=snapshot, granules=len(layout))
 
     try:
         current = {g.key: g.revision for g in source.discover()}
     except RefstoreError as e:  # an unreachable source is a finding, not a crash
         report.missing.append(f"source: {e.message}")
         return report
-    ledger = Ledger(config.ledger, readonly=True)
-    try:
-        known = ledger.rows()
-    finally:
-        ledger.close()
     for p in layout:
         if p.key not in current:
             report.missing.append(f"{p.key}: no longer in the source")

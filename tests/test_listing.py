@@ -1,0 +1,53 @@
+"""`refstore ls`: one row per granule from the ledger, filters, and what a snapshot held."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import refstore
+from refstore.listing import list_granules
+from tests.conftest import run_cli
+
+
+def test_ls_rows_filters_and_at(make_config, arrive, ccmp_archive, tmp_path: Path) -> None:
+    config = make_config(executor="serial")
+    files = ccmp_archive(3)
+    arrive(files[0], files[2])
+    first = refstore.sync(config, tag="one").snapshots[0]
+    arrive(files[1])  # late: lands in place, the tail is rewritten
+    (Path(config.source_url) / "CCMP_broken.nc").write_bytes(b"not a netcdf file")
+    refstore.sync(config)
+
+    rows = json.loads(run_cli("ls", "--json", cwd=tmp_path).stdout)
+    committed = [r for r in rows if r["state"] == "committed"]
+    assert [r["key"] for r in committed] == [f.name for f in files]
+    assert [(r["offset"], r["length"]) for r in committed] == [(0, 4), (4, 4), (8, 4)]
+    assert committed[1]["start"] == "2024-01-02T00:00:00"
+    assert committed[1]["end"] == "2024-01-02T18:00:00"
+    assert committed[0]["snapshot"] == first and committed[1]["snapshot"] != first
+    (bad,) = list_granules(config, state="quarantined")
+    assert bad.key == "CCMP_broken.nc" and bad.reason and bad.offset is None
+
+    assert [r.key for r in list_granules(config, since="2024-01-02T12:00")] == [
+        files[1].name,
+        files[2].name,
+    ]
+    held = list_granules(config, at="one")
+    assert [(r.key, r.offset) for r in held] == [(files[0].name, 0), (files[2].name, 4)]
+    text = run_cli("ls", "--state", "quarantined", cwd=tmp_path).stdout.splitlines()
+    assert text[0].split()[:3] == ["key", "state", "start"] and "CCMP_broken.nc" in text[1]
+
+
+def test_ls_of_an_empty_ledger(make_config, tmp_path: Path) -> None:
+    make_config()
+    assert run_cli("ls", cwd=tmp_path).stdout.split() == [
+        "key",
+        "state",
+        "start",
+        "end",
+        "offset",
+        "rev",
+        "snapshot",
+        "reason",
+    ]
