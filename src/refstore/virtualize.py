@@ -17,6 +17,7 @@ import numpy as np
 from refstore.cf import record_attr_dtypes
 from refstore.coords import raw_loaded
 from refstore.errors import GranuleError, RefstoreError
+from refstore.fetch import GranuleBytes
 from refstore.models import Failure, Granule
 from refstore.schema import signature
 
@@ -93,24 +94,6 @@ def detect_format(head: Mapping[int, bytes]) -> str | None:
     return None
 
 
-def _read_head(registry: Any, url: str) -> dict[int, bytes]:
-    import obstore
-
-    store, path = registry.resolve(url)
-    head: dict[int, bytes] = {}
-    for offset in _HDF5_OFFSETS:
-        try:
-            head[offset] = bytes(obstore.get_range(store, path, start=offset, length=8))
-        except Exception:
-            break  # past the end of a small file
-        if offset == 0 and head[0][:4] in (*NETCDF3_MAGICS, HDF5_MAGIC[:4]):
-            break
-    if 0 not in head:
-        # Let the real error (missing file, permission, empty file) surface.
-        head[0] = bytes(obstore.get_range(store, path, start=0, length=8))
-    return head
-
-
 def choose_loadable(
     dims: Mapping[str, tuple[str, ...]], concat_dim: str, override: Iterable[str] | None
 ) -> tuple[str, ...]:
@@ -170,6 +153,35 @@ def _culprit(manifest_store: Any, loadable: Iterable[str]) -> str | None:
     return None
 
 
+def _open_bytes(granule: Granule, registry: Any) -> GranuleBytes:
+    """The granule's bytes, with the first 128 KiB read (one request; see refstore.fetch)."""
+    from refstore.fetch import GranuleBytes
+
+    store, path = registry.resolve(granule.url)
+    data = GranuleBytes(store, path, granule.size)
+    try:
+        data.read_head()
+    except FileNotFoundError as e:
+        raise GranuleError(f"{granule.key}: file vanished before it was read ({_short(e)})") from e
+    except Exception as e:
+        raise GranuleError(f"{granule.key}: cannot be read: {_short(e)}") from e
+    return data
+
+
+def _sniff(data: GranuleBytes) -> str | None:
+    head = data.read(0, max(_HDF5_OFFSETS) + 8)
+    return detect_format({o: head[o : o + 8] for o in _HDF5_OFFSETS})
+
+
+def _prefetch_loadable(
+    manifest_store: Any, data: GranuleBytes, url: str, names: Iterable[str]
+) -> None:
+    """Fetch the chunks of the variables to load in one round trip, before they decode."""
+    arrays = manifest_store._group.arrays
+    entries = [e for n in names if n in arrays for e in arrays[n].manifest.dict().values()]
+    data.prefetch([(int(e["offset"]), int(e["length"])) for e in entries if e["path"] == url])
+
+
 def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule:
     from virtualizarr.parsers import HDFParser, NetCDF3Parser
 
@@ -177,30 +189,35 @@ def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule
 
     _compat.install()
 
-    try:
-        head = _read_head(registry, granule.url)
-    except FileNotFoundError as e:
-        raise GranuleError(f"{granule.key}: file vanished before it was read ({_short(e)})") from e
-    except Exception as e:
-        raise GranuleError(f"{granule.key}: cannot be read: {_short(e)}") from e
-    fmt = detect_format(head)
+    data = _open_bytes(granule, registry)
+    fmt = _sniff(data)
+    registry = data.registry(registry, granule.url)
     drop = list(spec.drop_variables) or None
     group = spec.group or None
     parser: Any
     if fmt == "hdf5":
-        parser = HDFParser(group=group, drop_variables=drop, reader_factory=_small_blocks)
+        parser = HDFParser(
+            group=group, drop_variables=drop, reader_factory=lambda _s, _p: data.reader()
+        )
     elif fmt == "netcdf3":
         parser = NetCDF3Parser(group=group, skip_variables=drop)
     else:
         raise GranuleError(
             f"{granule.key}: not an HDF5/NetCDF4 or NetCDF-3 file "
-            f"(starts with {head.get(0, b'')[:8]!r})",
+            f"(starts with {data.read(0, 8)!r})",
             "Remove the file from the source or fix the upload; then `refstore retry`.",
         )
     try:
         manifest_store = parser(url=granule.url, registry=registry)
     except Exception as e:
         raise GranuleError(f"{granule.key}: {fmt} parser failed: {_short(e)}") from e
+    return _finish(granule, spec, manifest_store, fmt, data)
+
+
+def _finish(
+    granule: Granule, spec: DatasetSpec, manifest_store: Any, fmt: str, data: GranuleBytes | None
+) -> VirtualGranule:
+    """From a parsed manifest store to a :class:`VirtualGranule` (loads what is loadable)."""
     arrays = manifest_store._group.arrays
     dims = {name: tuple(arr.metadata.dimension_names or ()) for name, arr in arrays.items()}
     all_dims = {d for ds in dims.values() for d in ds}
@@ -211,6 +228,11 @@ def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule
             "(or [dataset] group to the group that holds it).",
         )
     loadable = choose_loadable(dims, spec.concat_dim, spec.loadable_variables)
+    if data is not None:
+        try:
+            _prefetch_loadable(manifest_store, data, granule.url, loadable)
+        except Exception as e:
+            raise GranuleError(f"{granule.key}: cannot read loadable variables: {_short(e)}") from e
     try:
         ds = manifest_store.to_virtual_dataset(loadable_variables=list(loadable))
     except Exception as e:
