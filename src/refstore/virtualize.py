@@ -182,6 +182,18 @@ def _prefetch_loadable(
     data.prefetch([(int(e["offset"]), int(e["length"])) for e in entries if e["path"] == url])
 
 
+def _only(manifest_store: Any, names: Iterable[str]) -> Any:
+    """A manifest store of ``names`` alone: opening it lists only what is loaded."""
+    from virtualizarr.manifests import ManifestGroup, ManifestStore
+
+    group = manifest_store._group
+    arrays = {n: group.arrays[n] for n in names if n in group.arrays}
+    return ManifestStore(
+        ManifestGroup(arrays=arrays, attributes=group.metadata.attributes),
+        registry=manifest_store._registry,
+    )
+
+
 def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule:
     from virtualizarr.parsers import HDFParser, NetCDF3Parser
 
@@ -269,7 +281,9 @@ def _finish(
     # re-encoding float times is off by an ulp at some steps.
     import xarray as xr
 
-    raw = xr.open_zarr(manifest_store, decode_cf=False, consolidated=False, chunks=None)
+    raw = xr.open_zarr(
+        _only(manifest_store, loadable), decode_cf=False, consolidated=False, chunks=None
+    )
     ds = raw_loaded(ds, raw, loadable)
     return VirtualGranule(
         granule=granule,
