@@ -9,7 +9,7 @@ the rest of the batch goes on. The parser is chosen from the file's magic bytes.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,7 @@ class DatasetSpec:
     loadable_variables: tuple[str, ...] | None = None
     drop_variables: tuple[str, ...] = ()
     group: str = ""
+    dmrpp: str = "never"  # "auto" | "never" | "always": build from <url>.dmrpp (refstore.dmrpp)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class VirtualGranule:
     signature: dict[str, dict[str, Any]]
     values: Any = None  # the concat coordinate's values (numpy), if it has one
     fmt: str = "hdf5"  # "hdf5" or "netcdf3": how the file is read back
+    origin: str = "file"  # "file" (its own metadata) or "dmrpp" (its sidecar)
+    note: str | None = None  # why a sidecar was not used, if one was looked for
 
     @property
     def start(self) -> str | None:
@@ -194,12 +197,58 @@ def _only(manifest_store: Any, names: Iterable[str]) -> Any:
     )
 
 
-def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule:
-    from virtualizarr.parsers import HDFParser, NetCDF3Parser
+def _from_sidecar(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule:
+    """The granule built from ``<url>.dmrpp``: one GET, then only its loaded variables.
 
+    Raises
+    ------
+    SidecarError
+        No sidecar, or one that cannot be used (the message says why).
+    """
+    from virtualizarr.manifests import ManifestStore
+
+    from refstore import dmrpp
+    from refstore.fetch import GranuleBytes
+
+    text = dmrpp.fetch_sidecar(registry, granule.url)
+    if text is None:
+        raise dmrpp.SidecarError(f"no sidecar at {dmrpp.sidecar_url(granule.url)}")
+    group = dmrpp.manifest_group(text, granule.url, spec.group, spec.drop_variables)
+    problem = dmrpp.outside(group, granule.size)
+    if problem:
+        raise dmrpp.SidecarError(problem)
+    store, path = registry.resolve(granule.url)
+    data = GranuleBytes(store, path, granule.size)
+    reads = data.registry(registry, granule.url)
+    manifest_store = ManifestStore(group, registry=reads)  # type: ignore[arg-type]
+    try:
+        vg = _finish(granule, spec, manifest_store, "hdf5", data)
+    except GranuleError as e:
+        raise dmrpp.SidecarError(f"sidecar-built granule failed: {e.message}") from e
+    return replace(vg, origin="dmrpp")
+
+
+def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule:
     from refstore import _compat
+    from refstore.dmrpp import SidecarError
 
     _compat.install()
+    if spec.dmrpp == "never":
+        return _parse_file(granule, spec, registry)
+    try:
+        return _from_sidecar(granule, spec, registry)
+    except SidecarError as e:
+        if spec.dmrpp == "always":
+            raise GranuleError(
+                f"{granule.key}: {e}",
+                'Publish the sidecar, or set [source] dmrpp = "auto" to fall back to the file.',
+            ) from e
+        return replace(_parse_file(granule, spec, registry), note=str(e))
+
+
+def _parse_file(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule:
+    """The granule built from its own HDF5/netCDF-3 metadata."""
+    from virtualizarr.parsers import HDFParser, NetCDF3Parser
 
     data = _open_bytes(granule, registry)
     fmt = _sniff(data)
