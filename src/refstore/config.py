@@ -18,6 +18,7 @@ Remote sources and stores add keys (see the README, "Real-world use: NASA Earthd
 
     [source]
     url = "s3://bucket/prefix/"    # or *.nc glob; region, endpoint_url, allow_http, anonymous
+    dmrpp = "auto"                 # <url>.dmrpp sidecars when published (auto, never, always)
     urls_file = "granules.txt"     # HTTPS granules, one URL a line; token_env names the token
     short_name = "CCMP_WINDS_10M6HR_L4_V3.1"   # or concept_id: an Earthdata (CMR) collection
     version = "3.1"                # provider, temporal = [start, end], access = direct|external
@@ -51,6 +52,7 @@ __all__ = ["DEFAULT_CONFIG_NAME", "Config", "load_config", "render_toml"]
 DEFAULT_CONFIG_NAME = "refstore.toml"
 EXECUTORS = ("auto", "serial", "processes", "dask")
 ACCESS_MODES = ("direct", "external")
+DMRPP_MODES = ("auto", "never", "always")  # refstore.dmrpp.MODES, without its imports
 LOGIN_STRATEGIES = ("all", "environment", "token", "netrc")
 
 
@@ -93,6 +95,7 @@ class Config:
     store_region: str | None = None
     store_endpoint_url: str | None = None
     store_allow_http: bool = False
+    dmrpp: str = "auto"  # build manifests from <url>.dmrpp sidecars: auto | never | always
 
     def __post_init__(self) -> None:
         if not self.concat_dim:
@@ -120,6 +123,12 @@ class Config:
             raise ConfigError(
                 f"[source] temporal must be [start, end], got {list(self.temporal)!r}.",
                 'Use e.g. temporal = ["2024-01-01", "2024-12-31"] ("" or no end: open).',
+            )
+        if self.dmrpp not in DMRPP_MODES:
+            raise ConfigError(
+                f"[source] dmrpp must be one of {', '.join(DMRPP_MODES)}; got {self.dmrpp!r}.",
+                'Use dmrpp = "auto" (a granule\'s <url>.dmrpp sidecar when published, else the '
+                'file), "never" or "always".',
             )
         if self.batch_size < 1:
             raise ConfigError(
@@ -166,6 +175,7 @@ _SCHEMA: dict[tuple[str, str], tuple[str, type]] = {
     ("source", "endpoint_url"): ("source_endpoint_url", str),
     ("source", "allow_http"): ("source_allow_http", bool),
     ("source", "anonymous"): ("anonymous", bool),
+    ("source", "dmrpp"): ("dmrpp", str),
     ("store", "repo"): ("repo", str),
     ("store", "ledger"): ("ledger", str),
     ("store", "export"): ("export", str),

@@ -157,7 +157,8 @@ def manifest_group(text: bytes, data_url: str, group: str = "", drop: tuple[str,
     except Exception as e:
         raise SidecarError(f"sidecar does not parse ({type(e).__name__}: {e})") from e
     for w in caught:
-        if "could not be parsed" in str(w.message) or "nested attribute" in str(w.message):
+        text = str(w.message)
+        if any(p in text for p in ("could not be parsed", "No groups")):
             raise SidecarError(f"sidecar: {' '.join(str(w.message).split())}")
     tags = _var_tags(root, group)
     arrays = {

@@ -50,9 +50,13 @@ class GranuleBytes:
         The granule's path in ``store``.
     size
         The granule's size if the listing gave it (else learnt from the first response).
+    block
+        Bytes per block: 64 KiB while walking HDF5 metadata; small when only known
+        ranges are read (the coordinates of a granule built from its sidecar).
     """
 
-    def __init__(self, store: Any, path: str, size: int | None = None) -> None:
+    def __init__(self, store: Any, path: str, size: int | None = None, block: int = BLOCK) -> None:
+        self.block = block
         self.store = store
         self.path = path
         self.size = size
@@ -73,8 +77,8 @@ class GranuleBytes:
 
     def _keep(self, start: int, data: bytes) -> None:
         # ``start`` is block aligned; a short tail block is the end of the file.
-        for i in range(0, len(data), BLOCK):
-            self._blocks[(start + i) // BLOCK] = data[i : i + BLOCK]
+        for i in range(0, len(data), self.block):
+            self._blocks[(start + i) // self.block] = data[i : i + self.block]
 
     def _size(self) -> int:
         if self.size is None:
@@ -90,7 +94,7 @@ class GranuleBytes:
             end = min(start + length, size)
             if length <= 0 or start >= end:
                 continue
-            need.update(range(start // BLOCK, (end - 1) // BLOCK + 1))
+            need.update(range(start // self.block, (end - 1) // self.block + 1))
         return sorted(b for b in need if b not in self._blocks)
 
     def prefetch(self, ranges: Iterable[tuple[int, int]]) -> None:
@@ -101,8 +105,8 @@ class GranuleBytes:
             return
         size = self._size()
         runs = _runs(missing)
-        starts = [a * BLOCK for a, _ in runs]
-        ends = [min(b * BLOCK, size) for _, b in runs]
+        starts = [a * self.block for a, _ in runs]
+        ends = [min(b * self.block, size) for _, b in runs]
         parts = self.store.get_ranges(self.path, starts=starts, ends=ends)
         self.calls += 1
         for start, part in zip(starts, parts, strict=True):
@@ -123,15 +127,15 @@ class GranuleBytes:
     def holds(self, start: int, end: int) -> bool:
         """Whether ``[start, end)`` can be answered without a request."""
         return not end > start or all(
-            b in self._blocks for b in range(start // BLOCK, (end - 1) // BLOCK + 1)
+            b in self._blocks for b in range(start // self.block, (end - 1) // self.block + 1)
         )
 
     def _slice(self, start: int, end: int) -> bytes:
         out = bytearray()
-        for b in range(start // BLOCK, (end - 1) // BLOCK + 1):
+        for b in range(start // self.block, (end - 1) // self.block + 1):
             block = self._blocks[b]
-            lo = max(start - b * BLOCK, 0)
-            hi = min(end - b * BLOCK, len(block))
+            lo = max(start - b * self.block, 0)
+            hi = min(end - b * self.block, len(block))
             out += block[lo:hi]
         return bytes(out)
 

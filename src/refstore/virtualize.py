@@ -218,7 +218,7 @@ def _from_sidecar(granule: Granule, spec: DatasetSpec, registry: Any) -> Virtual
     if problem:
         raise dmrpp.SidecarError(problem)
     store, path = registry.resolve(granule.url)
-    data = GranuleBytes(store, path, granule.size)
+    data = GranuleBytes(store, path, granule.size, block=4096)  # exact coordinate ranges
     reads = data.registry(registry, granule.url)
     manifest_store = ManifestStore(group, registry=reads)  # type: ignore[arg-type]
     try:
