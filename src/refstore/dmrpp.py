@@ -157,9 +157,9 @@ def manifest_group(text: bytes, data_url: str, group: str = "", drop: tuple[str,
     except Exception as e:
         raise SidecarError(f"sidecar does not parse ({type(e).__name__}: {e})") from e
     for w in caught:
-        text = str(w.message)
-        if any(p in text for p in ("could not be parsed", "No groups")):
-            raise SidecarError(f"sidecar: {' '.join(str(w.message).split())}")
+        message = " ".join(str(w.message).split())
+        if any(p in message for p in ("could not be parsed", "No groups")):
+            raise SidecarError(f"sidecar: {message}")
     tags = _var_tags(root, group)
     arrays = {
         name: _fix(arr, tags[name], data_url) if name in tags else arr
