@@ -34,6 +34,7 @@ REAL = [
     ("misc/20181231090000-JPL-L4_GHRSST-SSTfnd-MUR25-GLOB-v02.0-fv04.2.nc", ""),
     ("rssmif16d/f16_ssmis_20200102v7.nc", ""),
     ("imerg/GPM_3IMERGHH_bounds.nc4", "Grid"),
+    ("misc/OBP_2017_01.nc", ""),  # contiguous datasets, int64 coordinates
 ]
 
 
@@ -113,6 +114,36 @@ def test_sidecar_built_granule_equals_the_files_own_parse(
     assert (from_sidecar.origin, from_file.origin) == ("dmrpp", "file")
     assert disagreement(from_sidecar.dataset, from_file.dataset) is None
     assert from_sidecar.signature == from_file.signature
+
+
+def test_big_endian_values_come_back_through_a_sidecar(
+    tmp_path: Path, make_config: Any, incoming: Path
+) -> None:
+    import h5netcdf
+    import numpy as np
+
+    for day in (1, 2):
+        with h5netcdf.File(incoming / f"be_{day}.nc", "w") as f:
+            f.dimensions = {"time": 2, "x": 3}
+            t = f.create_variable("time", ("time",), "i4")
+            t[:] = [2 * day, 2 * day + 1]
+            t.attrs["units"] = "days since 2000-01-01"
+            v = f.create_variable(
+                "v", ("time", "x"), np.dtype(">f4"), chunks=(1, 3), compression="gzip"
+            )
+            v[:] = np.arange(6, dtype=">f4").reshape(2, 3) * day + 0.25
+        text = write_dmrpp(incoming / f"be_{day}.nc").read_text()
+        assert 'byteOrder="BE"' in text
+    spec = DatasetSpec("time", dmrpp="always")
+    from_sidecar = virtualize_granule(_granule(incoming / "be_1.nc"), spec, _Local())
+    from_file = virtualize_granule(_granule(incoming / "be_1.nc"), DatasetSpec("time"), _Local())
+    assert isinstance(from_sidecar, VirtualGranule) and isinstance(from_file, VirtualGranule)
+    assert disagreement(from_sidecar.dataset, from_file.dataset) is None
+    config = make_config(executor="serial")
+    result = refstore.sync(config)
+    assert len(result.added) == 2 and not result.quarantined
+    expected = direct_read(sorted(incoming.glob("*.nc")))
+    assert_same_values(refstore.open_dataset(config).load(), expected)
 
 
 def test_writer_lists_every_stored_chunk_with_h5py_offsets(tmp_path: Path) -> None:
