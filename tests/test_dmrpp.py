@@ -116,7 +116,7 @@ def test_sidecar_built_granule_equals_the_files_own_parse(
     assert from_sidecar.signature == from_file.signature
 
 
-def test_big_endian_values_come_back_through_a_sidecar(
+def test_big_endian_values_and_stored_scalars_come_back_through_a_sidecar(
     tmp_path: Path, make_config: Any, incoming: Path
 ) -> None:
     import h5netcdf
@@ -132,6 +132,8 @@ def test_big_endian_values_come_back_through_a_sidecar(
                 "v", ("time", "x"), np.dtype(">f4"), chunks=(1, 3), compression="gzip"
             )
             v[:] = np.arange(6, dtype=">f4").reshape(2, 3) * day + 0.25
+            crs = f.create_variable("crs", (), "i4")  # a stored scalar, as grid mappings are
+            crs[()] = 7
         text = write_dmrpp(incoming / f"be_{day}.nc").read_text()
         assert 'byteOrder="BE"' in text
     spec = DatasetSpec("time", dmrpp="always")
@@ -139,6 +141,7 @@ def test_big_endian_values_come_back_through_a_sidecar(
     from_file = virtualize_granule(_granule(incoming / "be_1.nc"), DatasetSpec("time"), _Local())
     assert isinstance(from_sidecar, VirtualGranule) and isinstance(from_file, VirtualGranule)
     assert disagreement(from_sidecar.dataset, from_file.dataset) is None
+    assert int(from_sidecar.dataset["crs"].values) == 7
     config = make_config(executor="serial")
     result = refstore.sync(config)
     assert len(result.added) == 2 and not result.quarantined
