@@ -20,6 +20,10 @@ P5  peak RSS of the first sync of N granules (< 1 GiB).
 IO  bytes and requests the virtualization of one real GAMSSA granule reads, by reader.
 OPS ``--only cli``: whole-process CLI latencies; ``--only gc``: gc on 500 snapshots
     (scripts/bench_ops.py).
+RB  request budget per remote granule (issue 13): requests, bytes and seconds per real
+    NetCDF4 granule of tests/data over the loopback Range HTTP server with 30 ms per
+    request, refstore vs its previous reader, VirtualiZarr's HDFParser defaults and
+    kerchunk's SingleHdf5ToZarr on the same link.
 
 Granules are tiny synthetic CCMP-like files (8 x 16 grid, 4 steps each, ~40 KB) written
 once into ``<work>/pool`` and hard-linked into one source folder per N.
@@ -45,6 +49,16 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 GAMSSA = ROOT.parent / "shared" / "data" / "granules" / "gamssa"
+GRANULES = ROOT / "tests" / "data" / "granules"
+# Real NetCDF4 granules of different metadata layouts: (path under GRANULES, group).
+REMOTE_FILES = (
+    ("gamssa/20241011120000-ABOM-L4_GHRSST-SSTfnd-GAMSSA_28km-GLOB-v02.0-fv01.0.nc", ""),
+    ("misc/20181231090000-JPL-L4_GHRSST-SSTfnd-MUR25-GLOB-v02.0-fv04.2.nc", ""),
+    ("rssmif16d/f16_ssmis_20200102v7.nc", ""),
+    ("imerg/GPM_3IMERGHH_bounds.nc4", "Grid"),
+)
+LATENCY = 0.030  # seconds per request: a DAAC seen from outside its region
+SIZES: dict[str, int] = {}  # url -> size, as a source's listing gives it
 GRID = {"nlat": 8, "nlon": 16}
 START = dt.datetime(1990, 1, 1)
 EXTRA = 4  # granules beyond N_max: the ones P1 adds
@@ -413,6 +427,146 @@ def granule_io() -> dict[str, Any]:
     return out
 
 
+# -- RB: request budget per remote granule --------------------------------------------
+class _Registry:
+    def __init__(self, registry: Any) -> None:
+        self._registry = registry
+
+    def registry(self) -> Any:
+        return self._registry
+
+
+def _readers() -> dict[str, Callable[[str, str, Any], Any]]:
+    """Ways to virtualize one granule at ``url``; each loads the coordinates too."""
+    import fsspec
+    import obstore
+    from kerchunk.hdf import SingleHdf5ToZarr
+    from virtualizarr.parsers import HDFParser
+
+    from refstore.models import Granule
+    from refstore.virtualize import DatasetSpec, _small_blocks, choose_loadable, virtualize_granule
+
+    def vz(parser: Any, url: str, registry: Any) -> Any:
+        store = parser(url=url, registry=registry)
+        dims = {n: tuple(a.metadata.dimension_names or ()) for n, a in store._group.arrays.items()}
+        loadable = list(choose_loadable(dims, "time", None))
+        ds = store.to_virtual_dataset(loadable_variables=loadable)
+        return ds.load(), store
+
+    def refstore(dmrpp: str) -> Callable[[str, str, Any], Any]:
+        def run(url: str, group: str, registry: Any) -> Any:
+            spec = DatasetSpec("time", group=group, dmrpp=dmrpp)
+            # The size comes with the listing in a sync (HEAD, S3 list, CMR): not counted here.
+            granule = Granule(url, url, "r", size=SIZES.get(url))
+            out = virtualize_granule(granule, spec, _Registry(registry))
+            if not hasattr(out, "dataset"):
+                raise RuntimeError(out.reason)
+            if dmrpp == "always" and out.origin != "dmrpp":
+                raise RuntimeError(f"not from the sidecar: {out.note}")
+            return out
+
+        return run
+
+    def refstore_before(url: str, group: str, registry: Any) -> Any:
+        # main before issue 13: an 8-byte sniff, 64 KiB blocks, then the raw open again.
+        import xarray as xr
+
+        store, path = registry.resolve(url)
+        obstore.get_range(store, path, start=0, length=8)
+        ds, ms = vz(HDFParser(group=group or None, reader_factory=_small_blocks), url, registry)
+        loaded = [str(n) for n, v in ds.variables.items() if not hasattr(v.data, "manifest")]
+        raw = xr.open_zarr(ms, decode_cf=False, consolidated=False, chunks=None)
+        return raw[loaded].load()
+
+    def hdfparser_defaults(url: str, group: str, registry: Any) -> Any:
+        return vz(HDFParser(group=group or None), url, registry)
+
+    def kerchunk(url: str, group: str, registry: Any) -> Any:
+        with fsspec.open(url, "rb") as f:
+            return SingleHdf5ToZarr(f, url).translate()
+
+    return {
+        "refstore": refstore("never"),
+        "refstore_auto_no_sidecar": refstore("auto"),
+        "refstore_from_sidecar": refstore("always"),
+        "refstore_before (64 KiB blocks)": refstore_before,
+        "virtualizarr_hdfparser_defaults": hdfparser_defaults,
+        "kerchunk_singlehdf5tozarr": kerchunk,
+    }
+
+
+def request_budget(latency: float = LATENCY, repeat: int = REPEAT) -> dict[str, Any]:
+    """Requests, bytes and seconds per granule over a loopback link with ``latency``
+    (seconds: the best of ``repeat`` runs, each reader in turn, against CPU noise)."""
+    import warnings
+
+    sys.path.insert(0, str(ROOT))
+    import tempfile
+
+    from tests.dmrpp_writer import write_dmrpp
+    from tests.servers import RangeHTTPServer
+
+    from refstore.sources.https import http_registry
+
+    out: dict[str, Any] = {"latency_s": latency, "files": {}, "per_reader": {}}
+    readers = _readers()
+    # The same real files twice: plain, and with a sidecar each (tests/dmrpp_writer.py).
+    served = Path(tempfile.mkdtemp(prefix="refstore-budget-"))
+    warm_rel = "gamssa/20241012120000-ABOM-L4_GHRSST-SSTfnd-GAMSSA_28km-GLOB-v02.0-fv01.0.nc"
+    for rel, group in ((warm_rel, ""), *REMOTE_FILES):
+        for folder in ("plain", "sidecars"):
+            (served / folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(GRANULES / rel, served / folder / rel)
+        write_dmrpp(served / "sidecars" / rel, group)
+
+    def folder_of(name: str) -> str:
+        return "sidecars" if name == "refstore_from_sidecar" else "plain"
+
+    with RangeHTTPServer(served, latency=latency) as srv, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, fn in readers.items():  # imports and first-call costs out of the figures
+            warm = srv.url_for(f"{folder_of(name)}/{warm_rel}")
+            SIZES[warm] = (GRANULES / warm_rel).stat().st_size
+            fn(warm, "", http_registry([warm], None))
+        for rel, group in REMOTE_FILES:
+            row: dict[str, Any] = {"bytes": (GRANULES / rel).stat().st_size}
+            for name, fn in readers.items():
+                path = f"{folder_of(name)}/{rel}"
+                url = srv.url_for(path)
+                SIZES[url] = (GRANULES / rel).stat().st_size  # a fresh client each run (below)
+                times = []
+                for _ in range(repeat):
+                    registry = http_registry([url], None)
+                    srv.reset_stats()
+                    seconds, _ = timed(
+                        lambda fn=fn, url=url, group=group, reg=registry: fn(url, group, reg)
+                    )
+                    times.append(seconds)
+                seconds = min(times)
+                st, side = srv.stats(path), srv.stats(f"{path}.dmrpp")
+                row[name] = {
+                    "requests": st.requests + side.requests,
+                    "granule_requests": st.requests,
+                    "bytes": st.bytes_sent + side.bytes_sent,
+                    "granule_bytes": st.bytes_sent,
+                    "seconds": round(seconds, 3),
+                }
+            out["files"][Path(rel).name] = row
+    shutil.rmtree(served, ignore_errors=True)
+    for name in readers:
+        rows = [r[name] for r in out["files"].values()]
+        out["per_reader"][name] = {
+            "requests_max": max(r["requests"] for r in rows),
+            "requests_mean": round(statistics.mean(r["requests"] for r in rows), 2),
+            "bytes_mean": round(statistics.mean(r["bytes"] for r in rows)),
+            "seconds_total": round(sum(r["seconds"] for r in rows), 3),
+        }
+    base = out["per_reader"]["virtualizarr_hdfparser_defaults"]["seconds_total"]
+    for agg in out["per_reader"].values():
+        agg["speedup_vs_hdfparser_defaults"] = ratio(base, agg["seconds_total"])
+    return out
+
+
 # -- the run ----------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
     from importlib.metadata import version
@@ -459,7 +613,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--granules", type=int, default=10_000, help="Store size for --only cli.")
     parser.add_argument("--snapshots", type=int, default=500, help="Snapshots for --only gc.")
+        "--budget-only", action="store_true", help="Only the request budget (RB); JSON to --out."
+    )
     args = parser.parse_args(argv)
+    if args.budget_only:
+        rb = request_budget()
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "latest-budget.json").write_text(json.dumps(rb, indent=2))
+        print_budget(rb)
+        return 0
     import icechunk
 
     icechunk.set_logs_filter("error")
@@ -500,6 +662,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["throughput"] = throughput(files[: 60 if args.quick else 200], work / "tput")
     log("bytes and requests of one GAMSSA granule")
     report["granule_io"] = granule_io()
+    log(f"request budget per remote granule ({LATENCY * 1000:.0f} ms per request)")
+    report["request_budget"] = request_budget(repeat=2 if args.quick else REPEAT)
     big, small = report["per_size"][str(n_max)], report["per_size"][str(n_min)]
     tp = report["throughput"]
     report["figures"] = {
@@ -518,6 +682,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         "P5_peak_rss_mib_at_big": round(big["first_sync"]["peak_rss_main_mib"], 1),
         "P5_peak_rss_tree_mib_at_big": round(big["first_sync"]["peak_rss_tree_mib"], 1),
+        "RB_requests_max_refstore": report["request_budget"]["per_reader"]["refstore"][
+            "requests_max"
+        ],
+        "RB_refstore_speedup_vs_hdfparser": report["request_budget"]["per_reader"]["refstore"][
+            "speedup_vs_hdfparser_defaults"
+        ],
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -546,6 +716,23 @@ def print_summary(report: dict[str, Any]) -> None:
     io = report["granule_io"]
     for name, r in io.get("readers", {}).items():
         print(f"  IO {name:<34} {r['bytes']:>9} B in {r['requests']} request(s)")
+    print_budget(report["request_budget"])
+
+
+def print_budget(rb: dict[str, Any]) -> None:
+    print(f"request budget per granule, {rb['latency_s'] * 1000:.0f} ms per request")
+    for fname, row in rb["files"].items():
+        print(f"  {fname} ({row['bytes']} B)")
+        for name, r in row.items():
+            if name != "bytes":
+                req, size, sec = r["requests"], r["bytes"], r["seconds"]
+                own = f"(granule: {r['granule_requests']} req {r['granule_bytes']} B)"
+                print(f"    {name:<34} {req:>3} req {size:>9} B {sec:>7.3f} s {own}")
+    for name, agg in rb["per_reader"].items():
+        print(
+            f"  {name:<34} max {agg['requests_max']} req, {agg['seconds_total']:.3f} s for all, "
+            f"{agg['speedup_vs_hdfparser_defaults']}x vs HDFParser defaults"
+        )
 
 
 if __name__ == "__main__":

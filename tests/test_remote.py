@@ -244,7 +244,10 @@ def test_cmr_direct_access_keys_expire_mid_sync(
             issued = auth.issued_count
             assert_same_values(refstore.open_dataset(config).load(), direct_read(ccmp))
             assert auth.issued_count > issued  # Icechunk's refreshable credentials
-            assert [r for r in nasa.requests if r.status >= 400] == []
+            # No request refused (expired keys); a 404 is the look-up of a DMR++ sidecar
+            # this collection does not publish ([source] dmrpp = "auto").
+            refused = [r for r in nasa.requests if r.status >= 400]
+            assert [r for r in refused if not (r.status == 404 and r.path.endswith(".dmrpp"))] == []
             print(f"\ns3credentials issued {auth.issued_count} keys; {refreshed_in_run} "
                   f"refresh(es) during the first sync ({elapsed:.1f} s)")  # fmt: skip
 

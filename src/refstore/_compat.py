@@ -22,7 +22,7 @@ from typing import Any
 
 from refstore.cf import ATTR_DTYPES, CF_TYPED_ATTRS, attr_dtypes
 
-__all__ = ["hdf5_codecs", "install"]
+__all__ = ["dmrpp_group", "hdf5_codecs", "install"]
 
 _INSTALLED = False
 
@@ -105,6 +105,22 @@ def _typed_nc3_att_list(reader_cls: Any, nc_types: dict[int, Any], attribute_tag
         return attrs
 
     return att_list
+
+
+def dmrpp_group(root: Any, data_url: str, group: str | None, skip: list[str]) -> Any:
+    """VirtualiZarr's ``ManifestGroup`` for a parsed DMR++ XML tree (its ``DMRParser``,
+    which the public ``DMRPPParser`` only reaches by fetching the sidecar itself).
+
+    Raises
+    ------
+    ValueError
+        The tree has no such group, or a required attribute is missing.
+    """
+    from obstore.store import MemoryStore
+    from virtualizarr.parsers.dmrpp import DMRParser
+
+    parser = DMRParser(root=root, data_filepath=data_url, skip_variables=skip)
+    return parser.parse_dataset(object_store=MemoryStore(), group=group)._group
 
 
 def install() -> None:

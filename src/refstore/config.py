@@ -22,6 +22,7 @@ Remote sources and stores add keys (see the README, "Real-world use: NASA Earthd
 
     [source]
     url = "s3://bucket/prefix/"    # or *.nc glob; region, endpoint_url, allow_http, anonymous
+    dmrpp = "auto"                 # <url>.dmrpp sidecars when published (auto, never, always)
     urls_file = "granules.txt"     # HTTPS granules, one URL a line; token_env names the token
     short_name = "CCMP_WINDS_10M6HR_L4_V3.1"   # or concept_id: an Earthdata (CMR) collection
     version = "3.1"                # provider, temporal = [start, end], access = direct|external
@@ -58,6 +59,7 @@ DEFAULT_CONFIG_NAME = "refstore.toml"
 EXECUTORS = ("auto", "serial", "processes", "dask")
 ACCESS_MODES = ("direct", "external")
 CONCAT_CHUNKS = ("auto", "regular", "rectilinear")
+DMRPP_MODES = ("auto", "never", "always")  # refstore.dmrpp.MODES, without its imports
 LOGIN_STRATEGIES = ("all", "environment", "token", "netrc")
 
 
@@ -107,6 +109,7 @@ class Config:
     keep_last: int = 30
     keep_days: float = 30.0
     export_grace_hours: float = 1.0
+    dmrpp: str = "auto"  # build manifests from <url>.dmrpp sidecars: auto | never | always
 
     def __post_init__(self) -> None:
         if not self.concat_dim:
@@ -137,6 +140,12 @@ class Config:
             )
         # Normalized once ("host" -> "https://host"), so every comparison is exact.
         object.__setattr__(self, "allowed_hosts", parse_hosts(self.allowed_hosts))
+        if self.dmrpp not in DMRPP_MODES:
+            raise ConfigError(
+                f"[source] dmrpp must be one of {', '.join(DMRPP_MODES)}; got {self.dmrpp!r}.",
+                'Use dmrpp = "auto" (a granule\'s <url>.dmrpp sidecar when published, else the '
+                'file), "never" or "always".',
+            )
         if self.batch_size < 1:
             raise ConfigError(
                 f"[sync] batch_size must be at least 1, got {self.batch_size}.",
@@ -198,6 +207,7 @@ _SCHEMA: dict[tuple[str, str], tuple[str, type]] = {
     ("source", "endpoint_url"): ("source_endpoint_url", str),
     ("source", "allow_http"): ("source_allow_http", bool),
     ("source", "anonymous"): ("anonymous", bool),
+    ("source", "dmrpp"): ("dmrpp", str),
     ("store", "repo"): ("repo", str),
     ("store", "ledger"): ("ledger", str),
     ("store", "export"): ("export", str),

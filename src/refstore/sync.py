@@ -127,7 +127,9 @@ class _Run:
     @property
     def spec(self) -> DatasetSpec:
         c = self.config
-        return DatasetSpec(c.concat_dim, c.loadable_variables, c.drop_variables, c.group)
+        return DatasetSpec(
+            c.concat_dim, c.loadable_variables, c.drop_variables, c.group, dmrpp=c.dmrpp
+        )
 
     def _time(self, name: str, since: float) -> None:
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - since
@@ -237,14 +239,29 @@ class _Run:
     ) -> tuple[list[VirtualGranule], list[Failure]]:
         """Check each granule of an encoding signature not yet verified against its file
         (:mod:`refstore.readback`) until one passes; later ones of a passed signature
-        are trusted (the cost is once per signature)."""
+        are trusted (the cost is once per signature). A granule built from a DMR++
+        sidecar is first compared with its own HDF5 parse, once per signature too
+        (kept apart from the file-built signatures): if they disagree, the file's
+        parse is used and the reason logged."""
         from refstore.readback import encoding_key, readback
+
+        def key_of(vg: VirtualGranule) -> str:
+            origin = "dmrpp:" if vg.origin == "dmrpp" else ""
+            return origin + encoding_key(vg.signature)
 
         verified = set(json.loads(self.ledger.get_meta(VERIFIED) or "[]"))
         ok: list[VirtualGranule] = []
         failures: list[Failure] = []
-        for vg in granules:
-            key = encoding_key(vg.signature)
+        for first in granules:
+            vg: VirtualGranule | Failure = first
+            if first.origin == "dmrpp" and key_of(first) not in verified:
+                vg = self._cross_check(first)
+            if isinstance(vg, Failure):
+                failures.append(vg)
+                continue
+            if vg.note and vg.origin != "dmrpp":
+                log.info("%s: from its own metadata: %s", vg.granule.key, vg.note)
+            key = key_of(vg)
             if key not in verified:
                 problem = readback(vg, self.source.registry(), vg.fmt, self.config.group)
                 if problem is not None:
@@ -254,6 +271,23 @@ class _Run:
                 self.ledger.set_meta(VERIFIED, json.dumps(sorted(verified)))
             ok.append(vg)
         return ok, failures
+
+    def _cross_check(self, vg: VirtualGranule) -> VirtualGranule | Failure:
+        """``vg`` (built from its sidecar) if it equals the file's own parse, else that parse."""
+        from dataclasses import replace
+
+        from refstore.dmrpp import disagreement
+        from refstore.virtualize import virtualize_granule
+
+        own = virtualize_granule(vg.granule, replace(self.spec, dmrpp="never"), self.source)
+        if isinstance(own, Failure):
+            return own
+        problem = disagreement(vg.dataset, own.dataset)
+        if problem is None:
+            return vg
+        note = f"its DMR++ sidecar disagrees with the file ({problem}); built from the file"
+        log.warning("%s: %s", vg.granule.key, note)
+        return replace(own, note=note)
 
     def _reread_tail(
         self, admission: Admission, store_last: Any

@@ -9,7 +9,7 @@ the rest of the batch goes on. The parser is chosen from the file's magic bytes.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ import numpy as np
 from refstore.cf import record_attr_dtypes
 from refstore.coords import raw_loaded
 from refstore.errors import GranuleError, RefstoreError
+from refstore.fetch import GranuleBytes
 from refstore.models import Failure, Granule
 from refstore.schema import signature
 
@@ -43,6 +44,7 @@ class DatasetSpec:
     loadable_variables: tuple[str, ...] | None = None
     drop_variables: tuple[str, ...] = ()
     group: str = ""
+    dmrpp: str = "never"  # "auto" | "never" | "always": build from <url>.dmrpp (refstore.dmrpp)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class VirtualGranule:
     signature: dict[str, dict[str, Any]]
     values: Any = None  # the concat coordinate's values (numpy), if it has one
     fmt: str = "hdf5"  # "hdf5" or "netcdf3": how the file is read back
+    origin: str = "file"  # "file" (its own metadata) or "dmrpp" (its sidecar)
+    note: str | None = None  # why a sidecar was not used, if one was looked for
 
     @property
     def start(self) -> str | None:
@@ -91,24 +95,6 @@ def detect_format(head: Mapping[int, bytes]) -> str | None:
         if head.get(offset, b"")[:8] == HDF5_MAGIC:
             return "hdf5"
     return None
-
-
-def _read_head(registry: Any, url: str) -> dict[int, bytes]:
-    import obstore
-
-    store, path = registry.resolve(url)
-    head: dict[int, bytes] = {}
-    for offset in _HDF5_OFFSETS:
-        try:
-            head[offset] = bytes(obstore.get_range(store, path, start=offset, length=8))
-        except Exception:
-            break  # past the end of a small file
-        if offset == 0 and head[0][:4] in (*NETCDF3_MAGICS, HDF5_MAGIC[:4]):
-            break
-    if 0 not in head:
-        # Let the real error (missing file, permission, empty file) surface.
-        head[0] = bytes(obstore.get_range(store, path, start=0, length=8))
-    return head
 
 
 def choose_loadable(
@@ -170,37 +156,129 @@ def _culprit(manifest_store: Any, loadable: Iterable[str]) -> str | None:
     return None
 
 
-def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule:
-    from virtualizarr.parsers import HDFParser, NetCDF3Parser
+def _open_bytes(granule: Granule, registry: Any) -> GranuleBytes:
+    """The granule's bytes, with the first 128 KiB read (one request; see refstore.fetch)."""
+    from refstore.fetch import GranuleBytes
 
-    from refstore import _compat
-
-    _compat.install()
-
+    store, path = registry.resolve(granule.url)
+    data = GranuleBytes(store, path, granule.size)
     try:
-        head = _read_head(registry, granule.url)
+        data.read_head()
     except FileNotFoundError as e:
         raise GranuleError(f"{granule.key}: file vanished before it was read ({_short(e)})") from e
     except Exception as e:
         raise GranuleError(f"{granule.key}: cannot be read: {_short(e)}") from e
-    fmt = detect_format(head)
+    return data
+
+
+def _sniff(data: GranuleBytes) -> str | None:
+    head = data.read(0, max(_HDF5_OFFSETS) + 8)
+    return detect_format({o: head[o : o + 8] for o in _HDF5_OFFSETS})
+
+
+def _prefetch_loadable(
+    manifest_store: Any, data: GranuleBytes, url: str, names: Iterable[str]
+) -> None:
+    """Fetch the chunks of the variables to load in one round trip, before they decode."""
+    arrays = manifest_store._group.arrays
+    entries = [e for n in names if n in arrays for e in arrays[n].manifest.dict().values()]
+    data.prefetch([(int(e["offset"]), int(e["length"])) for e in entries if e["path"] == url])
+
+
+def _only(manifest_store: Any, names: Iterable[str]) -> Any:
+    """A manifest store of ``names`` alone: opening it lists only what is loaded."""
+    from virtualizarr.manifests import ManifestGroup, ManifestStore
+
+    group = manifest_store._group
+    arrays = {n: group.arrays[n] for n in names if n in group.arrays}
+    return ManifestStore(
+        ManifestGroup(arrays=arrays, attributes=group.metadata.attributes),
+        registry=manifest_store._registry,
+    )
+
+
+def _from_sidecar(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule:
+    """The granule built from ``<url>.dmrpp``: one GET, then only its loaded variables.
+
+    Raises
+    ------
+    SidecarError
+        No sidecar, or one that cannot be used (the message says why).
+    """
+    from virtualizarr.manifests import ManifestStore
+
+    from refstore import dmrpp
+    from refstore.fetch import GranuleBytes
+
+    text = dmrpp.fetch_sidecar(registry, granule.url)
+    if text is None:
+        raise dmrpp.SidecarError(f"no sidecar at {dmrpp.sidecar_url(granule.url)}")
+    group = dmrpp.manifest_group(text, granule.url, spec.group, spec.drop_variables)
+    problem = dmrpp.outside(group, granule.size)
+    if problem:
+        raise dmrpp.SidecarError(problem)
+    store, path = registry.resolve(granule.url)
+    data = GranuleBytes(store, path, granule.size, block=4096)  # exact coordinate ranges
+    reads = data.registry(registry, granule.url)
+    manifest_store = ManifestStore(group, registry=reads)  # type: ignore[arg-type]
+    try:
+        vg = _finish(granule, spec, manifest_store, "hdf5", data)
+    except GranuleError as e:
+        raise dmrpp.SidecarError(f"sidecar-built granule failed: {e.message}") from e
+    return replace(vg, origin="dmrpp")
+
+
+def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule:
+    from refstore import _compat
+    from refstore.dmrpp import SidecarError
+
+    _compat.install()
+    if spec.dmrpp == "never":
+        return _parse_file(granule, spec, registry)
+    try:
+        return _from_sidecar(granule, spec, registry)
+    except SidecarError as e:
+        if spec.dmrpp == "always":
+            raise GranuleError(
+                f"{granule.key}: {e}",
+                'Publish the sidecar, or set [source] dmrpp = "auto" to fall back to the file.',
+            ) from e
+        return replace(_parse_file(granule, spec, registry), note=str(e))
+
+
+def _parse_file(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule:
+    """The granule built from its own HDF5/netCDF-3 metadata."""
+    from virtualizarr.parsers import HDFParser, NetCDF3Parser
+
+    data = _open_bytes(granule, registry)
+    fmt = _sniff(data)
+    registry = data.registry(registry, granule.url)
     drop = list(spec.drop_variables) or None
     group = spec.group or None
     parser: Any
     if fmt == "hdf5":
-        parser = HDFParser(group=group, drop_variables=drop, reader_factory=_small_blocks)
+        parser = HDFParser(
+            group=group, drop_variables=drop, reader_factory=lambda _s, _p: data.reader()
+        )
     elif fmt == "netcdf3":
         parser = NetCDF3Parser(group=group, skip_variables=drop)
     else:
         raise GranuleError(
             f"{granule.key}: not an HDF5/NetCDF4 or NetCDF-3 file "
-            f"(starts with {head.get(0, b'')[:8]!r})",
+            f"(starts with {data.read(0, 8)!r})",
             "Remove the file from the source or fix the upload; then `refstore retry`.",
         )
     try:
         manifest_store = parser(url=granule.url, registry=registry)
     except Exception as e:
         raise GranuleError(f"{granule.key}: {fmt} parser failed: {_short(e)}") from e
+    return _finish(granule, spec, manifest_store, fmt, data)
+
+
+def _finish(
+    granule: Granule, spec: DatasetSpec, manifest_store: Any, fmt: str, data: GranuleBytes | None
+) -> VirtualGranule:
+    """From a parsed manifest store to a :class:`VirtualGranule` (loads what is loadable)."""
     arrays = manifest_store._group.arrays
     dims = {name: tuple(arr.metadata.dimension_names or ()) for name, arr in arrays.items()}
     all_dims = {d for ds in dims.values() for d in ds}
@@ -211,6 +289,11 @@ def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule
             "(or [dataset] group to the group that holds it).",
         )
     loadable = choose_loadable(dims, spec.concat_dim, spec.loadable_variables)
+    if data is not None:
+        try:
+            _prefetch_loadable(manifest_store, data, granule.url, loadable)
+        except Exception as e:
+            raise GranuleError(f"{granule.key}: cannot read loadable variables: {_short(e)}") from e
     try:
         ds = manifest_store.to_virtual_dataset(loadable_variables=list(loadable))
     except Exception as e:
@@ -247,7 +330,9 @@ def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule
     # re-encoding float times is off by an ulp at some steps.
     import xarray as xr
 
-    raw = xr.open_zarr(manifest_store, decode_cf=False, consolidated=False, chunks=None)
+    raw = xr.open_zarr(
+        _only(manifest_store, loadable), decode_cf=False, consolidated=False, chunks=None
+    )
     ds = raw_loaded(ds, raw, loadable)
     return VirtualGranule(
         granule=granule,

@@ -116,6 +116,8 @@ class QuietHandler(BaseHTTPRequestHandler):
         ``before_send(status)`` runs before the failure response is written (for counters).
         """
         srv: LoopbackHTTPServer = self.owner
+        if srv.latency > 0:
+            srv.sleep(srv.latency)  # a link far from the server: every request pays it
         delay = srv._take_fault(srv._delays)
         if delay is not None:
             srv.sleep(delay.seconds)
@@ -140,8 +142,10 @@ class LoopbackHTTPServer:
         host: str = LOOPBACK_HOST,
         port: int = 0,
         request_timeout: float = 30.0,
+        latency: float = 0.0,
     ) -> None:
         self.host = check_loopback(host)
+        self.latency = latency  # seconds every request waits before it is answered
         self._requested_port = port
         self.request_timeout = request_timeout
         self._httpd: _TrackingHTTPServer | None = None

@@ -15,7 +15,8 @@ Serves the files under ``root`` (read-only, no directory listings) at
   ``Authorization`` header, bytes of body sent, status codes, served ranges, so a test can
   assert exactly what a client read and which credentials reached this server.
 - fault injection: :meth:`RangeHTTPServer.fail_next` (next *n* requests answer ``status``) and
-  :meth:`RangeHTTPServer.delay_next` (next *n* requests sleep first).
+  :meth:`RangeHTTPServer.delay_next` (next *n* requests sleep first); ``latency=`` makes every
+  request wait that many seconds (a link from outside the DAAC's region).
 
 Client notes (verified in ``tests/test_servers.py``):
 
@@ -226,8 +227,9 @@ class RangeHTTPServer(LoopbackHTTPServer):
         host: str = "127.0.0.1",
         port: int = 0,
         request_timeout: float = 30.0,
+        latency: float = 0.0,
     ) -> None:
-        super().__init__(host=host, port=port, request_timeout=request_timeout)
+        super().__init__(host=host, port=port, request_timeout=request_timeout, latency=latency)
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise NotADirectoryError(self.root)
