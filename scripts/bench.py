@@ -613,6 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--granules", type=int, default=10_000, help="Store size for --only cli.")
     parser.add_argument("--snapshots", type=int, default=500, help="Snapshots for --only gc.")
+    parser.add_argument(
         "--budget-only", action="store_true", help="Only the request budget (RB); JSON to --out."
     )
     args = parser.parse_args(argv)
