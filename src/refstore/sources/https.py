@@ -190,7 +190,7 @@ class HttpsSource:
         """fsspec options to read the granules from an export: the bearer token for the
         list's server only."""
         if self.login is None:
-            return {}
+            return {"http": {}, "https": {}}  # no secret: plain readers for both schemes
         hosts = [host_of(c.url_prefix) for c in self.containers()]
         return scoped_http_options(hosts, self.login)
 
