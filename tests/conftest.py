@@ -119,9 +119,10 @@ def moto() -> Iterator[Any]:
 def run_cli(
     *args: str, cwd: Path, env: dict[str, str] | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    """The real CLI in a subprocess (as a user runs it)."""
-    full_env = {**os.environ, "REFSTORE_CONFIG": "", **(env or {})}
-    full_env.pop("REFSTORE_CONFIG")
+    """The real CLI in a subprocess (as a user runs it); no REFSTORE_* setting of the
+    calling shell reaches it, only those in ``env``."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("REFSTORE_")}
+    full_env = {**inherited, **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "refstore", *args],
         cwd=cwd,

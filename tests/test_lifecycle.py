@@ -111,14 +111,8 @@ def test_kill_after_virtualization_during_a_replacement(tmp_path: Path) -> None:
     files, incoming = _setup(tmp_path)
     revised = _revision(tmp_path, 2, seed=9)
     _replace(incoming / files[1].name, revised.read_bytes(), 3000)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REFSTORE_")}
-    killed = subprocess.run(
-        [sys.executable, "-m", "refstore", "sync"],
-        cwd=tmp_path,
-        env={**env, "REFSTORE_FAULT": "after-virtualization"},
-        capture_output=True,
-        timeout=300,
-        check=False,
+    killed = run_cli(
+        "sync", cwd=tmp_path, env={"REFSTORE_FAULT": "after-virtualization"}, check=False
     )
     assert killed.returncode == -signal.SIGKILL
     proc = run_cli("sync", cwd=tmp_path)

@@ -5,9 +5,7 @@ open what they held, layouts kept by the ledger, a kill between every step, and
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -122,19 +120,8 @@ def test_gc_frees_what_the_policy_allows_and_tags_still_open(tmp_path: Path) -> 
 
 
 def _gc_proc(cwd: Path, fault: str | None, keep: str = "2") -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REFSTORE_")}
-    if fault:
-        env["REFSTORE_FAULT"] = fault
     args = ["gc", "--keep-last", keep, "--keep-days", "0", "--json"]
-    return subprocess.run(
-        [sys.executable, "-m", "refstore", *args],
-        cwd=cwd,
-        env=env,
-        text=True,
-        capture_output=True,
-        timeout=300,
-        check=False,
-    )
+    return run_cli(*args, cwd=cwd, env={"REFSTORE_FAULT": fault} if fault else None, check=False)
 
 
 def _assert_valid_after_rerun(

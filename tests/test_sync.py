@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +13,7 @@ from refstore.admit import PER_GRANULE_ATTRS
 from refstore.api import open_store
 from refstore.ledger import Ledger
 from refstore.models import Status
-from tests.conftest import GAMSSA
+from tests.conftest import GAMSSA, run_cli
 from tests.helpers import assert_same_values, direct_read
 
 
@@ -207,15 +204,7 @@ def test_crash_after_commit_heals_on_next_run(
     refstore.sync(config)
     arrive(*files[1:])
     # a real sync, SIGKILLed between its Icechunk commit and the ledger update
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REFSTORE_")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "refstore", "sync"],
-        cwd=tmp_path,
-        env={**env, "REFSTORE_FAULT": "after-commit"},
-        capture_output=True,
-        timeout=300,
-        check=False,
-    )
+    proc = run_cli("sync", cwd=tmp_path, env={"REFSTORE_FAULT": "after-commit"}, check=False)
     assert proc.returncode == -signal.SIGKILL
     store = open_store(config)
     assert len(store.commits()) == 2  # the commit landed ...
