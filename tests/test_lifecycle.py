@@ -273,3 +273,52 @@ def test_status_json_lists_unavailable_steps(tmp_path: Path) -> None:
     assert info["unavailable"][0]["key"] == files[0].name
     assert info["unavailable"][0]["steps"] == [0, 4]
     assert np.isclose(info["length"], 8)
+
+
+@pytest.mark.parametrize("free_kib", [0, 16, 96])
+def test_full_state_folder_is_exit_5_and_loses_nothing(tmp_path: Path, free_kib: int) -> None:
+    """The state folder fills up (a 24 MiB tmpfs in a private mount namespace, filled
+    up to ``free_kib``: 0 fails at the ledger's open, 16 at its first write, 96 after
+    the Icechunk commit): exit 5 naming the folder and "full", no traceback; once space
+    is freed the next sync lands (or reconciles) the granule and the store verifies."""
+    if (
+        shutil.which("unshare") is None
+        or subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False).returncode
+    ):
+        pytest.skip("needs `unshare -m` to mount a small tmpfs")
+    _, incoming = _setup(tmp_path, n=2)
+    extra = write_ccmp_like_series(tmp_path / "more", datetime(2024, 1, 3), 1, nlat=8, nlon=16)
+    shutil.copy2(extra[0], incoming / extra[0].name)
+    state, disk = tmp_path / "state", tmp_path / "disk"
+    disk.mkdir()
+    cli = f"{sys.executable} -m refstore"
+    size = f"{sys.executable} -c 'import refstore; print(refstore.open_dataset().sizes[\"time\"])'"
+    script = f"""
+        mount -t tmpfs -o size=24m tmpfs {disk} && cp -a {state}/. {disk}/ &&
+        mount --bind {disk} {state} || exit 99
+        dd if=/dev/zero of={state}/filler bs=4k 2>/dev/null
+        [ {free_kib} -gt 0 ] && truncate -s -{free_kib}K {state}/filler
+        {cli} sync >{tmp_path}/out1 2>{tmp_path}/err1; echo "full=$?"
+        rm {state}/filler
+        {cli} sync >{tmp_path}/out2 2>{tmp_path}/err2; echo "freed=$?"
+        {cli} verify --sample 3 >{tmp_path}/out3 2>{tmp_path}/err3; echo "verify=$?"
+        echo "steps=$({size} 2>/dev/null)"
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFSTORE_")}
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    codes = dict(line.split("=") for line in proc.stdout.split())
+    err1 = (tmp_path / "err1").read_text()
+    assert codes["full"] == "5", err1
+    assert str(state) in err1 and "full" in err1 and "hint:" in err1
+    assert "Traceback" not in err1 and "unexpected" not in err1 and "deleted" not in err1
+    assert codes["freed"] == "0", (tmp_path / "err2").read_text()
+    assert codes["verify"] == "0", (tmp_path / "out3").read_text()
+    assert codes["steps"] == "12"  # all three granules, none twice

@@ -58,6 +58,8 @@ from refstore.verify import layout_at
 DAYS = 4
 STEP = np.timedelta64(6, "h")
 START = datetime(2024, 1, 1)
+# Fault steps a run reaches only after its Icechunk commit.
+AFTER_COMMIT = frozenset({"after-commit", "during-export", "during-incremental-export"})
 FIGURES: dict[str, Any] = {"examples": 0, "steps": 0, "rules": {}, "states": set()}
 
 
@@ -335,13 +337,25 @@ class GranuleLife(RuleBasedStateMachine):
             )
             # A step the run never reaches (nothing to commit or export) lets it finish.
             assert proc.returncode in (0, -signal.SIGKILL), proc.stderr
+            self._killed_after(step)
         elif how.startswith("kill:"):
             self._count(how)
-            with contextlib.suppress(_Killed), _fault_at(how.removeprefix("kill:")):
+            step = how.removeprefix("kill:")
+            with contextlib.suppress(_Killed), _fault_at(step):
                 refstore.sync(self.config)
+            self._killed_after(step)
         else:
             self._count("sync")
         self._sync()
+
+    def _killed_after(self, step: str) -> None:
+        """A sync killed at or after its commit has placed what it would have: the
+        model settles that sync before the rerun's (whose ledger and export heal). A
+        kill before the commit leaves the store as it was. (A run that never reaches
+        its kill step finished: one settle more changes nothing, as nothing lands
+        twice.)"""
+        if step in AFTER_COMMIT:
+            self._settle()
 
     # -- invariants ---------------------------------------------------------------------
     @invariant()

@@ -17,7 +17,9 @@ index over it that :func:`refstore.sync` reconciles at the start of every run.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -189,17 +191,24 @@ class Ledger:
         except (sqlite3.DatabaseError, OSError) as e:
             if conn is not None:
                 conn.close()
-            unwritable = (
-                isinstance(e, OSError) or "readonly" in str(e) or "unable to open" in str(e)
+            raise StoreError(f"Cannot open the ledger {self.path}: {e}.", self._hint(e)) from e
+
+    def _hint(self, e: BaseException) -> str:
+        folder = self.path.parent
+        if _no_space(folder) or "disk is full" in str(e):
+            return (
+                f"The file system holding {folder} is full: free some space there and run "
+                "again (nothing was changed; the ledger and the store are intact)."
             )
-            raise StoreError(
-                f"Cannot open the ledger {self.path}: {e}.",
-                f"Make {self.path.parent} writable (or point [store] ledger elsewhere); "
+        if isinstance(e, OSError) or "readonly" in str(e) or "unable to open" in str(e):
+            return (
+                f"Make {folder} writable (or point [store] ledger elsewhere); "
                 "commands that only read (status, log, verify) need no write access."
-                if unwritable
-                else "Point [store] ledger at a writable path; a corrupt ledger can be deleted "
-                "and rebuilt from the repository history by the next sync.",
-            ) from e
+            )
+        return (
+            "Point [store] ledger at a writable path; a corrupt ledger can be deleted "
+            "and rebuilt from the repository history by the next sync."
+        )
 
     # -- schema -------------------------------------------------------------------
     def _pending(self) -> bool:
@@ -221,7 +230,15 @@ class Ledger:
 
     def _tx(self) -> Any:
         """A write transaction (the connection is in autocommit mode otherwise)."""
-        return _Transaction(self.db.conn)
+        return _Transaction(self.db.conn, self._write_failed)
+
+    def _write_failed(self, e: sqlite3.OperationalError) -> StoreError | None:
+        """The ledger could not be written (full or read-only file system): an error
+        naming the file and the fix; None for other database errors."""
+        text = str(e)
+        if not any(s in text for s in ("disk is full", "readonly", "disk I/O error")):
+            return None
+        return StoreError(f"Cannot write the ledger {self.path}: {e}.", self._hint(e))
 
     def close(self) -> None:
         """Close the connection."""
@@ -688,6 +705,14 @@ def _row(r: dict[str, Any]) -> LedgerRow:
     )
 
 
+def _no_space(folder: Path) -> bool:
+    """Whether the file system holding ``folder`` has no block left for us."""
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
+
+
 def _connect_readonly(path: Path) -> sqlite3.Connection:
     """A read-only connection; works in a read-only folder (WAL included), and reads a
     missing file as an empty ledger."""
@@ -707,19 +732,38 @@ def _connect_readonly(path: Path) -> sqlite3.Connection:
 class _Transaction:
     """``BEGIN IMMEDIATE`` … ``COMMIT``/``ROLLBACK`` around a block, re-entrant."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        failed: Callable[[sqlite3.OperationalError], StoreError | None],
+    ) -> None:
         self.conn = conn
+        self.failed = failed
         self.outer = False
 
     def __enter__(self) -> None:
         if not self.conn.in_transaction:
-            self.conn.execute("BEGIN IMMEDIATE")
+            self._execute("BEGIN IMMEDIATE")
             self.outer = True
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if not self.outer:
             return
         if exc_type is None:
-            self.conn.execute("COMMIT")
+            self._execute("COMMIT")
         else:
-            self.conn.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.OperationalError):
+                self.conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.OperationalError) and (error := self.failed(exc)):
+            raise error from exc
+
+    def _execute(self, sql: str) -> None:
+        try:
+            self.conn.execute(sql)
+        except sqlite3.OperationalError as e:
+            if (error := self.failed(e)) is None:
+                raise
+            if sql == "COMMIT":
+                with contextlib.suppress(sqlite3.OperationalError):
+                    self.conn.execute("ROLLBACK")
+            raise error from e

@@ -519,7 +519,14 @@ def sync(
             if not incremental:
                 ledger.mark_missing(plan.missing, run_id)
             ledger.revert(plan.reverted, run_id)
-            ledger.requeue_quarantined(plan.requeued, reason="the dataset settings changed")
+            waited = [k for k in plan.requeued if rows[k].fingerprint == WAITING]
+            ledger.requeue_quarantined(
+                waited, reason="tried again: it was waiting for another granule"
+            )
+            ledger.requeue_quarantined(
+                [k for k in plan.requeued if k not in waited],
+                reason="the dataset settings changed",
+            )
             # Granules in the store (placed by the history) are replaced in place.
             replaced = {k: rows[k].placed_revision or rows[k].revision for k in plan.replacing}
             checkpoint("after-discovery")
