@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -50,6 +51,7 @@ import refstore.faults
 from refstore.api import open_store
 from refstore.cli import cli
 from refstore.config import Config, load_config, render_toml
+from refstore.errors import ConflictError
 from refstore.faults import STEPS
 from refstore.ledger import Ledger
 from refstore.synthetic import write_ccmp_like_series
@@ -259,8 +261,8 @@ class GranuleLife(RuleBasedStateMachine):
         if self.rnd.random() < 0.5:
             self.upstream(self.rnd)
         else:
-            kinds = ["sync", "tag", "retry", "sigkill", *(f"kill:{s}" for s in STEPS)]
-            weights = [3, 2, 1, 0.5, *([1] * len(STEPS))]
+            kinds = ["sync", "tag", "retry", "sigkill", "concurrent", *(f"kill:{s}" for s in STEPS)]
+            weights = [3, 2, 1, 0.5, 0.5, *([1] * len(STEPS))]
             self.sync(self.rnd.choices(kinds, weights)[0], self.rnd)
 
     # -- upstream -----------------------------------------------------------------------
@@ -318,6 +320,9 @@ class GranuleLife(RuleBasedStateMachine):
             else:
                 assert result.tag_refused is None
             return
+        if how == "concurrent":
+            self._concurrent(rnd)
+            return
         if how == "retry":
             self._count("retry")
             with Ledger(self.config.ledger) as ledger:
@@ -347,6 +352,40 @@ class GranuleLife(RuleBasedStateMachine):
         else:
             self._count("sync")
         self._sync()
+
+    def _concurrent(self, rnd: random.Random) -> None:
+        """Two syncs at once: a real subprocess and this process, started a random
+        moment apart. Each either runs whole or stops at once on the store lock
+        (exit 7, ConflictError); the model settles once per sync that ran."""
+        self._count("concurrent_sync")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REFSTORE_")}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "refstore", "sync"],
+            cwd=self.root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(rnd.uniform(0, 1.5))  # the subprocess takes ~1 s to import
+        ran = 0
+        try:
+            refstore.sync(self.config)
+            ran += 1
+        except ConflictError as e:
+            assert "Another refstore process" in str(e)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode in (0, 7), err
+        if proc.returncode == 7:
+            assert "Another refstore process" in err and "Traceback" not in err
+        else:
+            ran += 1
+        assert ran >= 1  # the lock never refuses both
+        FIGURES["rules"]["concurrent_sync_ran"] = (
+            FIGURES["rules"].get("concurrent_sync_ran", 0) + ran
+        )
+        for _ in range(ran):
+            self._settle()
 
     def _killed_after(self, step: str) -> None:
         """A sync killed at or after its commit has placed what it would have: the
@@ -439,6 +478,7 @@ def test_granule_life_short() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(int(os.environ.get("REFSTORE_MACHINE_TIMEOUT", "14400")))
 def test_granule_life_long() -> None:
     before = FIGURES["steps"]
     _run(
