@@ -109,14 +109,14 @@ TRANSITIONS: tuple[Transition, ...] = (
         frozenset({Status.QUARANTINED}),
         False,
         Status.NEW,
-        "`refstore retry`, or the config changed since it was quarantined",
+        "`refstore retry`; the config changed; or it waited for another granule",
     ),
     Transition(
         Event.REQUEUED,
         frozenset({Status.QUARANTINED}),
         True,
         Status.REVISED,
-        "`refstore retry`, or the config changed since it was quarantined",
+        "`refstore retry`; the config changed; or it waited for another granule",
     ),
     Transition(
         Event.REVERTED,
