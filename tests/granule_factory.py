@@ -186,3 +186,53 @@ def profile_granule(
     # Unlimited like most real profile files: a chunk may then exceed the data.
     ds.to_netcdf(path, engine="h5netcdf", encoding=encoding, unlimited_dims=("time",))
     return path
+
+
+def one_step_granule(
+    path: Path,
+    day: int,
+    *,
+    time: str = "scalar",
+    stamp: str | None = None,
+    seed: int | None = None,
+) -> Path:
+    """A NASA-SSH / OMI L3-like netCDF4 granule of one day without a ``time`` dimension:
+    ``sla(lat, lon)`` (float32, chunked, deflate, ``_FillValue``, some NaN), ``lat``/``lon``
+    and a scalar ``crs``. Its time is, by ``time``:
+
+    - ``"scalar"``: a scalar coordinate ``time`` (float64 days since 1992-10-05, noon);
+    - ``"attr"``: only the global attribute ``time_coverage_start`` (``stamp`` overrides
+      its text, e.g. to plant a bad one);
+    - ``"name"``: nowhere in the file (the caller puts the date in ``path``'s name).
+    """
+    import xarray as xr
+
+    rng = np.random.default_rng(day if seed is None else seed)
+    sla = rng.normal(0.0, 0.2, (3, 4)).astype("f4")
+    sla[rng.random((3, 4)) < 0.2] = np.nan
+    moment = np.datetime64("2024-01-01T12:00:00") + np.timedelta64(day, "D")
+    attrs = {"title": "one step per file"}
+    coords: dict[str, Any] = {
+        "lat": ("lat", np.array([-1.0, 0.0, 1.0], "f4"), {"units": "degrees_north"}),
+        "lon": ("lon", np.array([10.0, 11.0, 12.0, 13.0], "f4"), {"units": "degrees_east"}),
+    }
+    if time == "scalar":
+        days = (moment - np.datetime64("1992-10-05")) / np.timedelta64(1, "D")
+        coords["time"] = ((), np.float64(days), {"units": "days since 1992-10-05"})
+    elif time == "attr":
+        attrs["time_coverage_start"] = stamp or f"{np.datetime_as_string(moment)}Z"
+    ds = xr.Dataset(
+        {
+            "sla": (("lat", "lon"), sla, {"units": "m", "grid_mapping": "crs"}),
+            "crs": ((), np.int32(0), {"grid_mapping_name": "latitude_longitude"}),
+        },
+        coords=coords,
+        attrs=attrs,
+    )
+    encoding: dict[str, dict[str, Any]] = {
+        "sla": {"chunksizes": (3, 2), "zlib": True, "_FillValue": np.float32(-999.0)}
+    }
+    if time == "scalar":
+        encoding["time"] = {"dtype": "f8"}
+    ds.to_netcdf(path, engine="h5netcdf", encoding=encoding)
+    return path

@@ -17,6 +17,7 @@ import numpy as np
 from refstore.cf import record_attr_dtypes
 from refstore.coords import raw_loaded
 from refstore.errors import GranuleError, RefstoreError
+from refstore.expand import expand_granule, loadable_expanded, value_source
 from refstore.fetch import GranuleBytes
 from refstore.models import Failure, Granule
 from refstore.schema import signature
@@ -45,6 +46,7 @@ class DatasetSpec:
     drop_variables: tuple[str, ...] = ()
     group: str = ""
     dmrpp: str = "never"  # "auto" | "never" | "always": build from <url>.dmrpp (refstore.dmrpp)
+    concat_from: str = "auto"  # a file without the concat dim: refstore.concat_from
 
 
 @dataclass(frozen=True)
@@ -275,6 +277,17 @@ def _parse_file(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGr
     return _finish(granule, spec, manifest_store, fmt, data)
 
 
+def _raw(ds: Any, manifest_store: Any, loadable: Iterable[str]) -> Any:
+    """``ds`` with its loaded variables as the file stores them (refstore.coords):
+    decoding and re-encoding float times is off by an ulp at some steps."""
+    import xarray as xr
+
+    raw = xr.open_zarr(
+        _only(manifest_store, loadable), decode_cf=False, consolidated=False, chunks=None
+    )
+    return raw_loaded(ds, raw, loadable)
+
+
 def _finish(
     granule: Granule, spec: DatasetSpec, manifest_store: Any, fmt: str, data: GranuleBytes | None
 ) -> VirtualGranule:
@@ -282,13 +295,16 @@ def _finish(
     arrays = manifest_store._group.arrays
     dims = {name: tuple(arr.metadata.dimension_names or ()) for name, arr in arrays.items()}
     all_dims = {d for ds in dims.values() for d in ds}
-    if spec.concat_dim not in all_dims:
-        raise GranuleError(
-            f"{granule.key}: has no dimension {spec.concat_dim!r} ({shown_dims(all_dims)})",
-            "Set [dataset] concat_dim to the dimension granules stack along "
-            "(or [dataset] group to the group that holds it).",
+    source = value_source(
+        granule, spec.concat_dim, spec.concat_from, dims, all_dims, shown_dims(all_dims)
+    )
+    if source is None:
+        loadable = choose_loadable(dims, spec.concat_dim, spec.loadable_variables)
+    else:
+        var_attrs = {name: arr.metadata.attributes for name, arr in arrays.items()}
+        loadable = loadable_expanded(
+            spec.concat_dim, source, dims, var_attrs, spec.loadable_variables
         )
-    loadable = choose_loadable(dims, spec.concat_dim, spec.loadable_variables)
     if data is not None:
         try:
             _prefetch_loadable(manifest_store, data, granule.url, loadable)
@@ -310,6 +326,21 @@ def _finish(
         raise GranuleError(f"{granule.key}: cannot read loadable variables: {_short(e)}") from e
     record_attr_dtypes(ds)  # typed CF attributes survive zarr's JSON (refstore.cf)
     first = last = values = None
+    if source is not None:
+        ds = _raw(ds, manifest_store, loadable)
+        ds, values = expand_granule(
+            granule, spec.concat_dim, source, ds, manifest_store._group.metadata.attributes
+        )
+        return VirtualGranule(
+            granule=granule,
+            dataset=ds,
+            first=values[0],
+            last=values[0],
+            length=1,
+            signature=signature(ds, spec.concat_dim),
+            values=values,
+            fmt=fmt,
+        )
     length = int(ds.sizes[spec.concat_dim])
     if length == 0:
         raise GranuleError(
@@ -326,14 +357,7 @@ def _finish(
                     f"{granule.key}: {spec.concat_dim} is not strictly increasing in the file"
                 )
             first, last = values[0], values[-1]
-    # Loaded variables are kept as the file stores them (refstore.coords): decoding and
-    # re-encoding float times is off by an ulp at some steps.
-    import xarray as xr
-
-    raw = xr.open_zarr(
-        _only(manifest_store, loadable), decode_cf=False, consolidated=False, chunks=None
-    )
-    ds = raw_loaded(ds, raw, loadable)
+    ds = _raw(ds, manifest_store, loadable)
     return VirtualGranule(
         granule=granule,
         dataset=ds,
