@@ -400,6 +400,7 @@ def render_toml(
     loadable_variables: tuple[str, ...] | None = None,
     drop_variables: tuple[str, ...] = (),
     group: str = "",
+    concat_from: str = "auto",
 ) -> str:
     """Render a ``refstore.toml`` with the contract key names (used by ``refstore init``)."""
 
@@ -420,6 +421,7 @@ def render_toml(
     lines += [
         f"drop_variables = {lst(drop_variables)}",
         f"group = {s(group)}",
+        *([f"concat_from = {s(concat_from)}"] if concat_from != "auto" else []),
         "",
         "[source]",
         f"url = {s(source_url)}",

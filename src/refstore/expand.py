@@ -64,7 +64,9 @@ def value_source(
         if dims.get(concat_dim) == ():
             return ConcatFrom("scalar", concat_dim)
         raise GranuleError(
-            f"{granule.key}: has no dimension {concat_dim!r} ({shown})", _hint(concat_dim)
+            f"{granule.key}: has no dimension {concat_dim!r} ({shown}); if each file holds "
+            f"one step, set [dataset] concat_from to where its {concat_dim} value is",
+            _hint(concat_dim),
         )
     if how.kind == "scalar":
         name = how.arg or concat_dim
@@ -72,7 +74,7 @@ def value_source(
             found = "not a scalar" if name in dims else "no such variable"
             raise GranuleError(
                 f"{granule.key}: concat_from = {concat_from!r} needs a scalar variable "
-                f"{name!r} ({found})",
+                f"{name!r} ({found}); fix the file or [dataset] concat_from",
                 _hint(concat_dim),
             )
         return ConcatFrom("scalar", name)
@@ -130,22 +132,22 @@ def expand_granule(
     else:
         if source.kind == "attr":
             value, problem = value_from_attr(attrs, source.arg)
-            fix = (
-                "Fix the attribute upstream and `refstore retry`, or set another "
-                "[dataset] concat_from."
-            )
+            fix = "fix the attribute upstream and `refstore retry`, or [dataset] concat_from"
         else:
             name = granule.url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
             value, problem = value_from_name(name, source.arg)
             fix = (
-                "Rename the file to match [dataset] concat_from, or fix the pattern "
-                "(strptime codes, searched in the name); then `refstore retry`."
+                "rename the file to match [dataset] concat_from (strptime codes, searched "
+                "in the name) or fix the pattern; then `refstore retry`"
             )
-        if value is None:
-            raise GranuleError(f"{granule.key}: no {concat_dim} value: {problem}", fix)
-        encoded, cf_attrs, problem = encode_derived(value)
-        if problem is not None:
-            raise GranuleError(f"{granule.key}: no {concat_dim} value: {problem}", fix)
+        if value is not None:
+            encoded, cf_attrs, problem = encode_derived(value)
+        if value is None or problem is not None:
+            raise GranuleError(
+                f"{granule.key}: no {concat_dim} value from concat_from = "
+                f"{source.kind}:{source.arg}: {problem}; {fix}",
+                fix[0].upper() + fix[1:] + ".",
+            )
         coord = xr.Variable((concat_dim,), encoded, cf_attrs)
     values = _decoded(coord)
     missing = (values.dtype.kind == "M" and bool(np.isnat(values).any())) or (
@@ -153,8 +155,9 @@ def expand_granule(
     )
     if missing:
         raise GranuleError(
-            f"{granule.key}: its {concat_dim} value ({source.arg}) is missing (fill value)",
-            "Fix the file upstream and `refstore retry`, or set another [dataset] concat_from.",
+            f"{granule.key}: its {concat_dim} value ({source.arg}) is missing (fill value); "
+            "fix the file upstream and `refstore retry`, or set [dataset] concat_from",
+            "Fix the file upstream and `refstore retry`, or set [dataset] concat_from.",
         )
     expanded = ds.expand_dims(concat_dim).assign_coords({concat_dim: coord})
     return expanded, values

@@ -568,8 +568,9 @@ def sync(
                 raise ConfigError(
                     f"Every granule of this run ({len(plan.todo)}) was quarantined for the same "
                     f"reason, a configuration problem rather than bad files: {problem}",
-                    "Fix [dataset] in refstore.toml (concat_dim, group, variables); the "
-                    "granules quarantined under the old settings are retried by the next sync.",
+                    "Fix [dataset] in refstore.toml (concat_dim, concat_from, group, variables); "
+                    "the granules quarantined under the old settings are retried by the next "
+                    "sync.",
                 )
             ledger.finish_run(
                 run_id,
