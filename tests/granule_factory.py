@@ -195,6 +195,7 @@ def one_step_granule(
     time: str = "scalar",
     stamp: str | None = None,
     seed: int | None = None,
+    lat0: float = -1.0,
 ) -> Path:
     """A NASA-SSH / OMI L3-like netCDF4 granule of one day without a ``time`` dimension:
     ``sla(lat, lon)`` (float32, chunked, deflate, ``_FillValue``, some NaN), ``lat``/``lon``
@@ -213,7 +214,7 @@ def one_step_granule(
     moment = np.datetime64("2024-01-01T12:00:00") + np.timedelta64(day, "D")
     attrs = {"title": "one step per file"}
     coords: dict[str, Any] = {
-        "lat": ("lat", np.array([-1.0, 0.0, 1.0], "f4"), {"units": "degrees_north"}),
+        "lat": ("lat", lat0 + np.arange(3, dtype="f4"), {"units": "degrees_north"}),
         "lon": ("lon", np.array([10.0, 11.0, 12.0, 13.0], "f4"), {"units": "degrees_east"}),
     }
     if time == "scalar":

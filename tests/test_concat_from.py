@@ -202,6 +202,21 @@ def test_a_renamed_copy_is_not_appended_twice(make_config) -> None:  # type: ign
     assert refstore.open_dataset(config).sizes["time"] == 2
 
 
+def test_a_shifted_grid_is_quarantined_not_written_over_the_store(  # type: ignore[no-untyped-def]
+    make_config,
+) -> None:
+    """lat/lon are coordinates: loaded once and compared, never expanded along time."""
+    config = make_config(concat_from="scalar")
+    incoming = Path(config.source_url)
+    _series(incoming, [0, 1], "scalar")
+    one_step_granule(incoming / "ssh_20240103.nc", 2, lat0=-0.5)
+    result = refstore.sync(config)
+    (failure,) = result.quarantined
+    assert failure.key == "ssh_20240103.nc" and "lat: values differ" in failure.reason
+    served = refstore.open_dataset(config)
+    assert served.lat.dims == ("lat",) and served.lat.values.tolist() == [-1.0, 0.0, 1.0]
+
+
 def test_a_revised_granule_is_replaced_in_place(make_config) -> None:  # type: ignore[no-untyped-def]
     config = make_config(concat_from="filename:%Y%m%d")
     incoming = Path(config.source_url)
