@@ -272,9 +272,44 @@ def _parse_file(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGr
         )
     try:
         manifest_store = parser(url=granule.url, registry=registry)
+        if fmt == "hdf5" and group:
+            manifest_store = _with_parent_coordinate(manifest_store, granule, spec, data, registry)
     except Exception as e:
         raise GranuleError(f"{granule.key}: {fmt} parser failed: {_short(e)}") from e
     return _finish(granule, spec, manifest_store, fmt, data)
+
+
+def parent_groups(group: str) -> list[str]:
+    """The groups above ``group``, nearest first: ``"a/b/c"`` -> ``["a/b", "a", ""]``."""
+    parts = [p for p in group.strip("/").split("/") if p]
+    return ["/".join(parts[:i]) for i in range(len(parts) - 1, -1, -1)]
+
+
+def _with_parent_coordinate(
+    manifest_store: Any, granule: Granule, spec: DatasetSpec, data: GranuleBytes, registry: Any
+) -> Any:
+    """``manifest_store`` plus the concat-dim coordinate from the nearest parent group
+    that has it, when the group itself has the dim but not its coordinate (TEMPO keeps
+    ``mirror_step`` in the root, the data in ``product/``): netCDF scoping, as a
+    coordinate in a parent group applies to its children. Unchanged otherwise."""
+    from virtualizarr.manifests import ManifestGroup, ManifestStore
+    from virtualizarr.parsers import HDFParser
+
+    group = manifest_store._group
+    arrays = group.arrays
+    dim = spec.concat_dim
+    has_dim = any(dim in (a.metadata.dimension_names or ()) for a in arrays.values())
+    if dim in arrays or not has_dim:
+        return manifest_store
+    for parent in parent_groups(spec.group):
+        parser = HDFParser(group=parent or None, reader_factory=lambda _s, _p: data.reader())
+        found = parser(url=granule.url, registry=registry)._group.arrays.get(dim)
+        if found is not None and tuple(found.metadata.dimension_names or ()) == (dim,):
+            return ManifestStore(
+                ManifestGroup(arrays={**arrays, dim: found}, attributes=group.metadata.attributes),
+                registry=manifest_store._registry,
+            )
+    return manifest_store
 
 
 def _raw(ds: Any, manifest_store: Any, loadable: Iterable[str]) -> Any:

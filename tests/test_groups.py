@@ -1,0 +1,86 @@
+"""Groups (issue 10): the concat coordinate found in a parent group (TEMPO keeps
+``mirror_step`` in the root and the data in ``product/``), granules never stacked in
+arrival order, and a renamed copy never appended twice.
+
+Real netCDF4 granules written by h5netcdf (tests/granule_factory.tempo_like_granule),
+real Icechunk repositories, ledgers and kerchunk exports.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+import refstore
+from refstore.virtualize import parent_groups
+from tests.granule_factory import tempo_like_granule
+
+
+def test_parent_groups() -> None:
+    assert parent_groups("product") == [""]
+    assert parent_groups("/data_01/ku/") == ["data_01", ""]
+    assert parent_groups("a/b/c") == ["a/b", "a", ""]
+
+
+def _expected(paths: list[Path], group: str, **kwargs: Any) -> xr.Dataset:
+    """Each file's group, with the root's ``mirror_step`` as its coordinate, concatenated."""
+    parts = []
+    for p in paths:
+        with xr.open_dataset(p, engine="h5netcdf", **kwargs) as root:
+            step = root["mirror_step"].load()
+        with xr.open_dataset(p, engine="h5netcdf", group=group, **kwargs) as ds:
+            parts.append(ds.load().assign_coords(mirror_step=step))
+    return xr.concat(parts, dim="mirror_step", data_vars="minimal", coords="minimal")
+
+
+def _assert_served(config: Any, paths: list[Path]) -> None:
+    for source in ("repo", "export"):
+        for kwargs in ({}, {"mask_and_scale": False, "decode_times": False}):
+            served = refstore.open_dataset(config, source=source, **kwargs).load()
+            expected = _expected(paths, config.group, **kwargs)
+            assert served.sizes == expected.sizes
+            for name in expected.variables:
+                a, e = served[name], expected[name]
+                assert a.dims == e.dims and a.dtype == e.dtype, (source, name)
+                np.testing.assert_array_equal(a.values, e.values, err_msg=f"{source} {name}")
+
+
+def test_coordinate_from_the_root_orders_a_group_from_shuffled_arrival(  # type: ignore[no-untyped-def]
+    make_config,
+) -> None:
+    config = make_config(concat_dim="mirror_step", group="product")
+    incoming = Path(config.source_url)
+    # Key order is not time order: "a" is the latest scan, "c" the earliest.
+    late = tempo_like_granule(incoming / "tempo_a.nc", 600)
+    early = tempo_like_granule(incoming / "tempo_c.nc", 0)
+    result = refstore.sync(config)
+    assert sorted(result.added) == ["tempo_a.nc", "tempo_c.nc"], [
+        f.reason for f in result.quarantined
+    ]
+    middle = tempo_like_granule(incoming / "tempo_b.nc", 300)  # arrives last, goes between
+    result = refstore.sync(config)
+    assert result.added == ("tempo_b.nc",), [f.reason for f in result.quarantined]
+    files = [early, middle, late]
+    _assert_served(config, files)
+    steps = refstore.open_dataset(config).mirror_step.values
+    assert np.all(steps[1:] > steps[:-1]) and steps.size == 9
+
+
+def test_a_renamed_copy_of_a_committed_group_granule_is_a_duplicate(  # type: ignore[no-untyped-def]
+    make_config,
+) -> None:
+    config = make_config(concat_dim="mirror_step", group="product")
+    incoming = Path(config.source_url)
+    files = [tempo_like_granule(incoming / f"tempo_{s:04d}.nc", s) for s in (0, 300)]
+    refstore.sync(config)
+    shutil.copy2(files[0], incoming / "tempo_renamed.nc")
+    result = refstore.sync(config)
+    assert result.added == ()
+    (failure,) = result.quarantined
+    assert failure.key == "tempo_renamed.nc"
+    assert "duplicate" in failure.reason and files[0].name in failure.reason
+    assert refstore.open_dataset(config).sizes["mirror_step"] == 6
