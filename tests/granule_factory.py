@@ -239,21 +239,25 @@ def one_step_granule(
     return path
 
 
-def tempo_like_granule(path: Path, start: int, steps: int = 3, *, seed: int | None = None) -> Path:
+def tempo_like_granule(
+    path: Path, start: int, steps: int = 3, *, seed: int | None = None, coordinate: bool = True
+) -> Path:
     """A TEMPO-like netCDF4 granule: the ``mirror_step`` coordinate (seconds since
     2024-01-01, from ``start``) in the root group, the data in ``product/`` (``no2``,
     chunked, deflate, ``_FillValue``, some NaN), ``geolocation/`` and ``support_data/``,
     all along ``mirror_step`` x ``xtrack``. ``product/`` alone has no ``mirror_step``
-    variable (netCDF scoping: the root's coordinate applies to it)."""
+    variable (netCDF scoping: the root's coordinate applies to it). ``coordinate=False``
+    leaves the root's out too: nothing orders the granules."""
     import h5netcdf
 
     rng = np.random.default_rng(start if seed is None else seed)
     with h5netcdf.File(path, "w") as f:
         f.dimensions = {"mirror_step": steps, "xtrack": 4}
-        t = f.create_variable(
-            "mirror_step", ("mirror_step",), "i8", data=start + np.arange(steps, dtype="i8")
-        )
-        t.attrs["units"] = "seconds since 2024-01-01 00:00:00"
+        if coordinate:
+            t = f.create_variable(
+                "mirror_step", ("mirror_step",), "i8", data=start + np.arange(steps, dtype="i8")
+            )
+            t.attrs["units"] = "seconds since 2024-01-01 00:00:00"
         for name, group in (("no2", "product"), ("lat", "geolocation"), ("sza", "support_data")):
             values = rng.normal(1.0, 0.5, (steps, 4)).astype("f4")
             values[rng.random((steps, 4)) < 0.2] = np.nan

@@ -9,6 +9,7 @@ length-1 concat dim, granule by granule, concatenated.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -273,3 +274,24 @@ def test_real_trmm_daily_lands_with_its_date_from_the_file_name(  # type: ignore
     for name in expected.data_vars:
         np.testing.assert_array_equal(served[name].values, expected[name].values)
         assert served[name].dims == expected[name].dims
+
+
+def test_cli_init_and_sync_with_concat_from(tmp_path: Path) -> None:
+    """The real CLI: a bad setting exits 2 naming the forms; a good one lands the series."""
+    from tests.conftest import run_cli
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    bad = run_cli(
+        "init", "--source", "incoming", "--concat-from", "time", cwd=tmp_path, check=False
+    )
+    assert bad.returncode == 2 and "concat_from 'time' is not understood" in bad.stderr
+    assert not (tmp_path / "refstore.toml").exists()
+
+    run_cli("init", "--source", "incoming", "--concat-from", "filename:%Y%m%d", cwd=tmp_path)
+    assert 'concat_from = "filename:%Y%m%d"' in (tmp_path / "refstore.toml").read_text()
+    files = _series(incoming, [1, 0], "filename")
+    out = json.loads(run_cli("sync", "--json", cwd=tmp_path).stdout)
+    assert sorted(out["added"]) == sorted(p.name for p in files)
+    status = json.loads(run_cli("status", "--json", cwd=tmp_path).stdout)
+    assert status["length"] == 2

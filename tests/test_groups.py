@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import xarray as xr
 
 import refstore
+from refstore.errors import ConfigError
 from refstore.virtualize import parent_groups
+from tests.conftest import ASCAT
 from tests.granule_factory import tempo_like_granule
 
 
@@ -84,3 +87,28 @@ def test_a_renamed_copy_of_a_committed_group_granule_is_a_duplicate(  # type: ig
     assert failure.key == "tempo_renamed.nc"
     assert "duplicate" in failure.reason and files[0].name in failure.reason
     assert refstore.open_dataset(config).sizes["mirror_step"] == 6
+
+
+def test_granules_with_nothing_to_order_them_are_refused_unless_arrival_is_chosen(  # type: ignore[no-untyped-def]
+    make_config, arrive
+) -> None:
+    config = make_config(concat_dim="mirror_step", group="product")
+    incoming = Path(config.source_url)
+    tempo_like_granule(incoming / "tempo_x.nc", 0, coordinate=False)
+    result = refstore.sync(config)
+    (failure,) = result.quarantined
+    assert "no coordinate variable 'mirror_step' in group 'product' or a parent group" in (
+        failure.reason
+    )
+    assert 'concat_from = "arrival"' in failure.reason
+
+    # Two ASCAT orbits: NUMROWS has no coordinate anywhere; every granule, one reason:
+    # a setting (exit 2), never a silent stack in arrival order.
+    orbits = make_config(concat_dim="NUMROWS")
+    for p in incoming.iterdir():
+        p.unlink()
+    arrive(*ASCAT)
+    with pytest.raises(ConfigError, match="no coordinate variable 'NUMROWS' in the file"):
+        refstore.sync(orbits)
+    result = refstore.sync(make_config(concat_dim="NUMROWS", concat_from="arrival"))
+    assert result.added == tuple(p.name for p in ASCAT), [f.reason for f in result.quarantined]

@@ -10,6 +10,8 @@ file name (OMI/OMPS L3, SMAP L4). ``[dataset] concat_from`` says where to look::
     concat_from = "scalar:obs_time"               # ... or named so
     concat_from = "attr:time_coverage_start"      # a global attribute (ISO 8601 text)
     concat_from = "filename:%Y%m%d"               # strptime codes, searched in the name
+    concat_from = "arrival"                       # the dim has no coordinate: stack in
+                                                  # arrival order (opt-in; else refused)
 
 Each granule then gets a length-1 concat dim and that one value as its coordinate, so
 the store reads back as ``xr.open_dataset(file).expand_dims(...)`` would. A value from
@@ -43,7 +45,7 @@ __all__ = [
 
 DERIVED_UNITS = "seconds since 1970-01-01 00:00:00"
 DERIVED_CALENDAR = "proleptic_gregorian"
-KINDS = ("auto", "scalar", "attr", "filename")
+KINDS = ("auto", "scalar", "attr", "filename", "arrival")
 # strptime codes a file-name pattern may use, and what each matches.
 _CODES = {
     "Y": r"\d{4}",
@@ -58,8 +60,8 @@ _CODES = {
     "%": "%",
 }
 _HINT = (
-    'Use concat_from = "auto", "scalar", "scalar:<variable>", "attr:<global attribute>" '
-    'or "filename:<strptime pattern>" (e.g. "filename:%Y%m%d"); see docs/layouts.md.'
+    'Use concat_from = "auto", "scalar", "scalar:<variable>", "attr:<global attribute>", '
+    '"filename:<strptime pattern>" (e.g. "filename:%Y%m%d") or "arrival"; see docs/layouts.md.'
 )
 
 
@@ -86,7 +88,7 @@ def parse_concat_from(text: str) -> ConcatFrom:
     """
     kind, _, arg = text.partition(":")
     kind = kind.strip()
-    if kind not in KINDS or (kind == "auto" and arg):
+    if kind not in KINDS or (kind in ("auto", "arrival") and arg):
         raise ConfigError(f"[dataset] concat_from {text!r} is not understood.", _HINT)
     if kind in ("attr", "filename") and not arg.strip():
         raise ConfigError(f"[dataset] concat_from {text!r} needs a name after ':'.", _HINT)

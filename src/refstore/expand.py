@@ -53,15 +53,15 @@ def value_source(
     """
     how = parse_concat_from(concat_from)
     if concat_dim in set(all_dims):
-        if how.kind == "auto":
+        if how.kind in ("auto", "arrival"):
             return None
         raise GranuleError(
             f"{granule.key}: has a dimension {concat_dim!r}, but concat_from = "
             f"{concat_from!r} is for files without one",
             'Set [dataset] concat_from = "auto" (the default) for files that have the dim.',
         )
-    if how.kind == "auto":
-        if dims.get(concat_dim) == ():
+    if how.kind in ("auto", "arrival"):
+        if how.kind == "auto" and dims.get(concat_dim) == ():
             return ConcatFrom("scalar", concat_dim)
         raise GranuleError(
             f"{granule.key}: has no dimension {concat_dim!r} ({shown}); if each file holds "

@@ -392,6 +392,14 @@ def _finish(
                     f"{granule.key}: {spec.concat_dim} is not strictly increasing in the file"
                 )
             first, last = values[0], values[-1]
+    elif spec.concat_from != "arrival":
+        where = f"group {spec.group!r} or a parent group" if spec.group else "the file"
+        raise GranuleError(
+            f"{granule.key}: no coordinate variable {spec.concat_dim!r} in {where} to order "
+            f'granules by; set [dataset] concat_from = "arrival" to stack them in arrival '
+            "order (by key within one sync), or a concat_dim that has a coordinate",
+            'Granules are never stacked in arrival order unless concat_from = "arrival".',
+        )
     ds = _raw(ds, manifest_store, loadable)
     return VirtualGranule(
         granule=granule,
