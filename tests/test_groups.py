@@ -112,3 +112,32 @@ def test_granules_with_nothing_to_order_them_are_refused_unless_arrival_is_chose
         refstore.sync(orbits)
     result = refstore.sync(make_config(concat_dim="NUMROWS", concat_from="arrival"))
     assert result.added == tuple(p.name for p in ASCAT), [f.reason for f in result.quarantined]
+
+
+def test_real_s6a_nested_group_uses_the_parent_time(make_config, arrive) -> None:  # type: ignore[no-untyped-def]
+    """S6A keeps ``time`` in ``data_01`` and the Ku-band data in ``data_01/ku``: the nested
+    group's passes land ordered by the parent's time, from reversed arrival."""
+    from tests.conftest import GRANULES
+
+    passes = sorted((GRANULES / "s6a_groups").glob("*.nc"))
+    config = make_config(group="data_01/ku")
+    arrive(passes[1])
+    result = refstore.sync(config)
+    assert result.added == (passes[1].name,), [f.reason for f in result.quarantined]
+    arrive(passes[0])
+    result = refstore.sync(config)
+    assert result.added == (passes[0].name,), [f.reason for f in result.quarantined]
+    parts = []
+    for p in passes:
+        with xr.open_dataset(p, engine="h5netcdf", group="data_01") as parent:
+            time = parent["time"].variable.load()
+        with xr.open_dataset(p, engine="h5netcdf", group="data_01/ku") as ds:
+            parts.append(ds.load().assign_coords(time=time))
+    expected = xr.concat(parts, dim="time", data_vars="minimal", coords="minimal")
+    for source in ("repo", "export"):
+        served = refstore.open_dataset(config, source=source).load()
+        assert served.sizes == expected.sizes
+        for name in expected.variables:
+            a, e = served[name], expected[name]
+            assert a.dtype == e.dtype, (source, name)
+            np.testing.assert_array_equal(a.values, e.values, err_msg=f"{source} {name}")

@@ -296,20 +296,43 @@ def _with_parent_coordinate(
     from virtualizarr.parsers import HDFParser
 
     group = manifest_store._group
-    arrays = group.arrays
+    parents = parent_groups(spec.group)
+    arrays = _scoped_dims(group.arrays, parents)
     dim = spec.concat_dim
     has_dim = any(dim in (a.metadata.dimension_names or ()) for a in arrays.values())
-    if dim in arrays or not has_dim:
+    if dim not in arrays and has_dim:
+        for parent in parents:
+            parser = HDFParser(group=parent or None, reader_factory=lambda _s, _p: data.reader())
+            found = parser(url=granule.url, registry=registry)._group.arrays.get(dim)
+            if found is not None and tuple(found.metadata.dimension_names or ()) == (dim,):
+                arrays = {**arrays, dim: found}
+                break
+    if arrays == dict(group.arrays):
         return manifest_store
-    for parent in parent_groups(spec.group):
-        parser = HDFParser(group=parent or None, reader_factory=lambda _s, _p: data.reader())
-        found = parser(url=granule.url, registry=registry)._group.arrays.get(dim)
-        if found is not None and tuple(found.metadata.dimension_names or ()) == (dim,):
-            return ManifestStore(
-                ManifestGroup(arrays={**arrays, dim: found}, attributes=group.metadata.attributes),
-                registry=manifest_store._registry,
-            )
-    return manifest_store
+    return ManifestStore(
+        ManifestGroup(arrays=arrays, attributes=group.metadata.attributes),
+        registry=manifest_store._registry,
+    )
+
+
+def _scoped_dims(arrays: Mapping[str, Any], parents: list[str]) -> dict[str, Any]:
+    """``arrays`` with dimensions defined in a parent group named as netCDF scoping sees
+    them from the child: ``data_01/time`` -> ``time`` for ``data_01/ku`` (S6A)."""
+    from virtualizarr.manifests import ManifestArray
+
+    def local(d: str) -> str:
+        head, _, base = d.strip("/").rpartition("/")
+        return base if head in parents else d
+
+    out: dict[str, Any] = {}
+    for name, arr in arrays.items():
+        dims = tuple(arr.metadata.dimension_names or ())
+        scoped = tuple(local(str(d)) for d in dims)
+        if scoped != dims:
+            meta = replace(arr.metadata, dimension_names=scoped)
+            arr = ManifestArray(metadata=meta, chunkmanifest=arr.manifest)
+        out[name] = arr
+    return out
 
 
 def _raw(ds: Any, manifest_store: Any, loadable: Iterable[str]) -> Any:
