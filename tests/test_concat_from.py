@@ -29,6 +29,7 @@ from refstore.concat_from import (
     value_from_name,
 )
 from refstore.errors import ConfigError
+from refstore.verify import verify
 from tests.conftest import GRANULES
 from tests.granule_factory import one_step_granule
 
@@ -158,6 +159,8 @@ def test_one_step_granules_land_sorted_and_a_late_one_goes_in_place(  # type: ig
         np.datetime64(f"2024-01-0{d}", "D").item() for d in (1, 2, 3, 4)
     ]
     _assert_served(config, sorted(first), how, at="v1")  # time travel
+    report = verify(config, sample=8, seed=3)
+    assert report.ok and report.chunks_checked == 8, report.to_dict()
 
 
 def test_bad_attribute_and_unparsable_name_are_quarantined_with_the_fix(  # type: ignore[no-untyped-def]

@@ -18,6 +18,7 @@ import xarray as xr
 
 import refstore
 from refstore.errors import ConfigError
+from refstore.verify import verify
 from refstore.virtualize import parent_groups
 from tests.conftest import ASCAT
 from tests.granule_factory import tempo_like_granule
@@ -71,6 +72,8 @@ def test_coordinate_from_the_root_orders_a_group_from_shuffled_arrival(  # type:
     _assert_served(config, files)
     steps = refstore.open_dataset(config).mirror_step.values
     assert np.all(steps[1:] > steps[:-1]) and steps.size == 9
+    report = verify(config, sample=8, seed=3)
+    assert report.ok and report.chunks_checked == 8, report.to_dict()
 
 
 def test_a_renamed_copy_of_a_committed_group_granule_is_a_duplicate(  # type: ignore[no-untyped-def]
@@ -141,3 +144,5 @@ def test_real_s6a_nested_group_uses_the_parent_time(make_config, arrive) -> None
             a, e = served[name], expected[name]
             assert a.dtype == e.dtype, (source, name)
             np.testing.assert_array_equal(a.values, e.values, err_msg=f"{source} {name}")
+    report = verify(config, sample=6, seed=2)
+    assert report.ok and report.chunks_checked == 6, report.to_dict()
