@@ -204,7 +204,9 @@ def one_step_granule(
     - ``"scalar"``: a scalar coordinate ``time`` (float64 days since 1992-10-05, noon);
     - ``"attr"``: only the global attribute ``time_coverage_start`` (``stamp`` overrides
       its text, e.g. to plant a bad one);
-    - ``"name"``: nowhere in the file (the caller puts the date in ``path``'s name).
+    - ``"name"``: nowhere in the file (the caller puts the date in ``path``'s name);
+    - ``"dim"``: a length-1 ``time`` dimension and coordinate, as ordinary series have
+      (the baseline the others are measured against).
     """
     import xarray as xr
 
@@ -235,6 +237,11 @@ def one_step_granule(
     }
     if time == "scalar":
         encoding["time"] = {"dtype": "f8"}
+    if time == "dim":
+        ds = ds.expand_dims(time=[moment])
+        ds["crs"] = ds.crs.isel(time=0)
+        encoding["sla"]["chunksizes"] = (1, 3, 2)
+        encoding["time"] = {"units": "seconds since 1970-01-01", "dtype": "i8"}
     ds.to_netcdf(path, engine="h5netcdf", encoding=encoding)
     return path
 
