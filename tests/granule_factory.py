@@ -196,12 +196,14 @@ def one_step_granule(
     stamp: str | None = None,
     seed: int | None = None,
     lat0: float = -1.0,
+    scalar_name: str = "time",
 ) -> Path:
     """A NASA-SSH / OMI L3-like netCDF4 granule of one day without a ``time`` dimension:
     ``sla(lat, lon)`` (float32, chunked, deflate, ``_FillValue``, some NaN), ``lat``/``lon``
     and a scalar ``crs``. Its time is, by ``time``:
 
-    - ``"scalar"``: a scalar coordinate ``time`` (float64 days since 1992-10-05, noon);
+    - ``"scalar"``: a scalar coordinate ``time`` (float64 days since 1992-10-05, noon;
+      ``scalar_name`` names it otherwise);
     - ``"attr"``: only the global attribute ``time_coverage_start`` (``stamp`` overrides
       its text, e.g. to plant a bad one);
     - ``"name"``: nowhere in the file (the caller puts the date in ``path``'s name);
@@ -221,7 +223,7 @@ def one_step_granule(
     }
     if time == "scalar":
         days = (moment - np.datetime64("1992-10-05")) / np.timedelta64(1, "D")
-        coords["time"] = ((), np.float64(days), {"units": "days since 1992-10-05"})
+        coords[scalar_name] = ((), np.float64(days), {"units": "days since 1992-10-05"})
     elif time == "attr":
         attrs["time_coverage_start"] = stamp or f"{np.datetime_as_string(moment)}Z"
     ds = xr.Dataset(
@@ -236,7 +238,7 @@ def one_step_granule(
         "sla": {"chunksizes": (3, 2), "zlib": True, "_FillValue": np.float32(-999.0)}
     }
     if time == "scalar":
-        encoding["time"] = {"dtype": "f8"}
+        encoding[scalar_name] = {"dtype": "f8"}
     if time == "dim":
         ds = ds.expand_dims(time=[moment])
         ds["crs"] = ds.crs.isel(time=0)

@@ -206,6 +206,22 @@ def test_a_renamed_copy_is_not_appended_twice(make_config) -> None:  # type: ign
     assert refstore.open_dataset(config).sizes["time"] == 2
 
 
+def test_a_scalar_of_another_name_becomes_the_coordinate(make_config) -> None:  # type: ignore[no-untyped-def]
+    config = make_config(concat_from="scalar:obs_time")
+    incoming = Path(config.source_url)
+    files = [one_step_granule(incoming / f"ssh_{d}.nc", d, scalar_name="obs_time") for d in (1, 0)]
+    result = refstore.sync(config)
+    assert sorted(result.added) == sorted(p.name for p in files), [
+        f.reason for f in result.quarantined
+    ]
+    served = refstore.open_dataset(config).load()
+    assert "obs_time" not in served.variables
+    for i, p in enumerate(reversed(files)):
+        with xr.open_dataset(p, engine="h5netcdf") as ds:
+            assert served.time.values[i] == ds.obs_time.values
+            np.testing.assert_array_equal(served.sla.values[i], ds.sla.values)
+
+
 def test_a_shifted_grid_is_quarantined_not_written_over_the_store(  # type: ignore[no-untyped-def]
     make_config,
 ) -> None:
