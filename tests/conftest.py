@@ -52,7 +52,7 @@ def make_config(tmp_path: Path, incoming: Path) -> MakeConfig:
             **{
                 k: v
                 for k, v in extra.items()
-                if k in {"group", "drop_variables", "loadable_variables"}
+                if k in {"group", "drop_variables", "loadable_variables", "concat_from"}
             },
         )
         sync_keys = {k: v for k, v in extra.items() if k in {"batch_size", "executor", "workers"}}

@@ -186,3 +186,99 @@ def profile_granule(
     # Unlimited like most real profile files: a chunk may then exceed the data.
     ds.to_netcdf(path, engine="h5netcdf", encoding=encoding, unlimited_dims=("time",))
     return path
+
+
+def one_step_granule(
+    path: Path,
+    day: int,
+    *,
+    time: str = "scalar",
+    stamp: str | None = None,
+    seed: int | None = None,
+    lat0: float = -1.0,
+    scalar_name: str = "time",
+) -> Path:
+    """A NASA-SSH / OMI L3-like netCDF4 granule of one day without a ``time`` dimension:
+    ``sla(lat, lon)`` (float32, chunked, deflate, ``_FillValue``, some NaN), ``lat``/``lon``
+    and a scalar ``crs``. Its time is, by ``time``:
+
+    - ``"scalar"``: a scalar coordinate ``time`` (float64 days since 1992-10-05, noon;
+      ``scalar_name`` names it otherwise);
+    - ``"attr"``: only the global attribute ``time_coverage_start`` (``stamp`` overrides
+      its text, e.g. to plant a bad one);
+    - ``"name"``: nowhere in the file (the caller puts the date in ``path``'s name);
+    - ``"dim"``: a length-1 ``time`` dimension and coordinate, as ordinary series have
+      (the baseline the others are measured against).
+    """
+    import xarray as xr
+
+    rng = np.random.default_rng(day if seed is None else seed)
+    sla = rng.normal(0.0, 0.2, (3, 4)).astype("f4")
+    sla[rng.random((3, 4)) < 0.2] = np.nan
+    moment = np.datetime64("2024-01-01T12:00:00") + np.timedelta64(day, "D")
+    attrs = {"title": "one step per file"}
+    coords: dict[str, Any] = {
+        "lat": ("lat", lat0 + np.arange(3, dtype="f4"), {"units": "degrees_north"}),
+        "lon": ("lon", np.array([10.0, 11.0, 12.0, 13.0], "f4"), {"units": "degrees_east"}),
+    }
+    if time == "scalar":
+        days = (moment - np.datetime64("1992-10-05")) / np.timedelta64(1, "D")
+        coords[scalar_name] = ((), np.float64(days), {"units": "days since 1992-10-05"})
+    elif time == "attr":
+        attrs["time_coverage_start"] = stamp or f"{np.datetime_as_string(moment)}Z"
+    ds = xr.Dataset(
+        {
+            "sla": (("lat", "lon"), sla, {"units": "m", "grid_mapping": "crs"}),
+            "crs": ((), np.int32(0), {"grid_mapping_name": "latitude_longitude"}),
+        },
+        coords=coords,
+        attrs=attrs,
+    )
+    encoding: dict[str, dict[str, Any]] = {
+        "sla": {"chunksizes": (3, 2), "zlib": True, "_FillValue": np.float32(-999.0)}
+    }
+    if time == "scalar":
+        encoding[scalar_name] = {"dtype": "f8"}
+    if time == "dim":
+        ds = ds.expand_dims(time=[moment])
+        ds["crs"] = ds.crs.isel(time=0)
+        encoding["sla"]["chunksizes"] = (1, 3, 2)
+        encoding["time"] = {"units": "seconds since 1970-01-01", "dtype": "i8"}
+    ds.to_netcdf(path, engine="h5netcdf", encoding=encoding)
+    return path
+
+
+def tempo_like_granule(
+    path: Path, start: int, steps: int = 3, *, seed: int | None = None, coordinate: bool = True
+) -> Path:
+    """A TEMPO-like netCDF4 granule: the ``mirror_step`` coordinate (seconds since
+    2024-01-01, from ``start``) in the root group, the data in ``product/`` (``no2``,
+    chunked, deflate, ``_FillValue``, some NaN), ``geolocation/`` and ``support_data/``,
+    all along ``mirror_step`` x ``xtrack``. ``product/`` alone has no ``mirror_step``
+    variable (netCDF scoping: the root's coordinate applies to it). ``coordinate=False``
+    leaves the root's out too: nothing orders the granules."""
+    import h5netcdf
+
+    rng = np.random.default_rng(start if seed is None else seed)
+    with h5netcdf.File(path, "w") as f:
+        f.dimensions = {"mirror_step": steps, "xtrack": 4}
+        if coordinate:
+            t = f.create_variable(
+                "mirror_step", ("mirror_step",), "i8", data=start + np.arange(steps, dtype="i8")
+            )
+            t.attrs["units"] = "seconds since 2024-01-01 00:00:00"
+        for name, group in (("no2", "product"), ("lat", "geolocation"), ("sza", "support_data")):
+            values = rng.normal(1.0, 0.5, (steps, 4)).astype("f4")
+            values[rng.random((steps, 4)) < 0.2] = np.nan
+            g = f.create_group(group)
+            v = g.create_variable(
+                name,
+                ("mirror_step", "xtrack"),
+                "f4",
+                data=values,
+                chunks=(1, 4),
+                compression="gzip",
+                fillvalue=np.float32(-1e30),
+            )
+            v.attrs["units"] = "1"
+    return path

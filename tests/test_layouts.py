@@ -100,7 +100,7 @@ def _third_orbit(path: Path) -> Path:
 def test_uneven_ascat_orbits_land_in_one_store_and_a_third_appends(  # type: ignore[no-untyped-def]
     make_config, arrive, tmp_path: Path
 ) -> None:
-    config = make_config(concat_dim="NUMROWS")
+    config = make_config(concat_dim="NUMROWS", concat_from="arrival")
     arrive(*ASCAT)
     result = refstore.sync(config)
     assert result.added == tuple(p.name for p in ASCAT), [f.reason for f in result.quarantined]
@@ -127,7 +127,9 @@ def test_uneven_ascat_orbits_land_in_one_store_and_a_third_appends(  # type: ign
 def test_regular_store_quarantines_uneven_orbits_with_the_setting_named(  # type: ignore[no-untyped-def]
     make_config, arrive
 ) -> None:
-    config = make_config(concat_dim="NUMROWS").replace(concat_chunks="regular")
+    config = make_config(concat_dim="NUMROWS", concat_from="arrival").replace(
+        concat_chunks="regular"
+    )
     arrive(*ASCAT)
     result = refstore.sync(config)
     assert result.added == (ASCAT[0].name,)

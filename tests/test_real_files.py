@@ -34,8 +34,11 @@ class Row:
     outcome: str = LANDS  # LANDS, or a phrase the quarantine reason contains
     concat_dim: str = "time"
     group: str = ""
+    # A dim without a coordinate (NUMROWS, phony_dim_0) stacks only by explicit opt-in.
+    concat_from: str = "auto"
 
 
+ARRIVAL = "arrival"
 BES = "synthetic_edge_cases/bes/"
 KERCHUNK = "synthetic_edge_cases/kerchunk/"
 TABLE = [
@@ -59,29 +62,60 @@ TABLE = [
     Row(
         "ascat_nc3/ascat_20210614_001500_metopa_76026_eps_o_250_3202_ovw.l2.nc",
         concat_dim="NUMROWS",
+        concat_from="arrival",
     ),
     Row(
         "ascat_nc3/ascat_20210614_015700_metopa_76027_eps_o_250_3202_ovw.l2.nc",
         concat_dim="NUMROWS",
+        concat_from="arrival",
     ),
     Row("imerg/GPM_3IMERGHH_bounds.nc4", group="Grid"),  # HDF5 fill 0.0, _FillValue -9999.9
-    Row(BES + "One_chunk_shuf_2deflates.h5", concat_dim="phony_dim_0"),
-    Row(BES + "SDS_fle_shuf_def.h5", concat_dim="phony_dim_0"),
-    Row(BES + "all_storages_filters.h5", "compact: raw values", concat_dim="phony_dim_0"),
-    Row(BES + "compact_example.h5", "var_int32: raw values", concat_dim="phony_dim_0"),
-    Row(BES + "chunked_compound.h5", "cannot be opened as the export", concat_dim="phony_dim_0"),
-    Row(BES + "d_size64_be.h5", concat_dim="phony_dim_0"),
-    Row(BES + "t_vl_string_1d.h5", concat_dim="phony_dim_0"),
+    Row(BES + "One_chunk_shuf_2deflates.h5", concat_dim="phony_dim_0", concat_from=ARRIVAL),
+    Row(BES + "SDS_fle_shuf_def.h5", concat_dim="phony_dim_0", concat_from=ARRIVAL),
+    Row(
+        BES + "all_storages_filters.h5",
+        "compact: raw values",
+        concat_dim="phony_dim_0",
+        concat_from=ARRIVAL,
+    ),
+    Row(
+        BES + "compact_example.h5",
+        "var_int32: raw values",
+        concat_dim="phony_dim_0",
+        concat_from=ARRIVAL,
+    ),
+    Row(
+        BES + "chunked_compound.h5",
+        "cannot be opened as the export",
+        concat_dim="phony_dim_0",
+        concat_from=ARRIVAL,
+    ),
+    Row(BES + "d_size64_be.h5", concat_dim="phony_dim_0", concat_from=ARRIVAL),
+    Row(BES + "t_vl_string_1d.h5", concat_dim="phony_dim_0", concat_from=ARRIVAL),
     Row(
         BES + "chunked_enum.h5", "has no dimension 'phony_dim_0' (dimensions: none)", "phony_dim_0"
     ),
     Row(BES + "Scalar_compact_vlstr.h5", "has no dimension 'phony_dim_0'", "phony_dim_0"),
     Row(BES + "t_scalar_dset_float_be.h5", "has no dimension 'phony_dim_0'", "phony_dim_0"),
     Row(BES + "nc4_unlimited_0.h5", "has no steps along 'time'"),
-    Row(KERCHUNK + "hdf5_compression_zstd.h5", concat_dim="phony_dim_0"),
-    Row(KERCHUNK + "hdf5_compression_blosc_lz4_bitshuffle.h5", concat_dim="phony_dim_0"),
-    Row(KERCHUNK + "hdf5_compression_lz4.h5", "imagecodecs_lz4h5", concat_dim="phony_dim_0"),
-    Row(KERCHUNK + "hdf5_compression_bitshuffle.h5", "bitshuffle", concat_dim="phony_dim_0"),
+    Row(KERCHUNK + "hdf5_compression_zstd.h5", concat_dim="phony_dim_0", concat_from=ARRIVAL),
+    Row(
+        KERCHUNK + "hdf5_compression_blosc_lz4_bitshuffle.h5",
+        concat_dim="phony_dim_0",
+        concat_from=ARRIVAL,
+    ),
+    Row(
+        KERCHUNK + "hdf5_compression_lz4.h5",
+        "imagecodecs_lz4h5",
+        concat_dim="phony_dim_0",
+        concat_from=ARRIVAL,
+    ),
+    Row(
+        KERCHUNK + "hdf5_compression_bitshuffle.h5",
+        "bitshuffle",
+        concat_dim="phony_dim_0",
+        concat_from=ARRIVAL,
+    ),
     Row("factory:fill_differs"),
     Row("factory:float_fill_differs"),
     Row("factory:repeated_deflate"),
@@ -135,7 +169,9 @@ def _source_file(row: Row, tmp_path: Path) -> Path:
 @pytest.mark.parametrize("row", TABLE, ids=lambda r: r.path)
 def test_fidelity_table(row: Row, make_config, arrive, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path = _source_file(row, tmp_path)
-    config = make_config(source="incoming", concat_dim=row.concat_dim, group=row.group)
+    config = make_config(
+        source="incoming", concat_dim=row.concat_dim, group=row.group, concat_from=row.concat_from
+    )
     arrive(path)
     result = refstore.sync(config)
     if row.outcome != LANDS:
@@ -158,7 +194,7 @@ def test_fidelity_table(row: Row, make_config, arrive, tmp_path: Path) -> None: 
 def test_both_ascat_orbits_land_in_one_store(make_config, arrive) -> None:  # type: ignore[no-untyped-def]
     from tests.conftest import ASCAT
 
-    config = make_config(concat_dim="NUMROWS")
+    config = make_config(concat_dim="NUMROWS", concat_from="arrival")
     arrive(*ASCAT)
     result = refstore.sync(config)
     # Contiguous netCDF-3: one chunk per orbit, 1632 and 1584 rows; a rectilinear chunk

@@ -63,7 +63,9 @@ def test_gamssa_virtualizes_with_crs_loaded() -> None:
 
 def test_netcdf3_is_parsed_by_magic_bytes() -> None:
     r = virtualize_granule(
-        granule(ASCAT[0]), DatasetSpec("NUMROWS"), LocalSource(str(ASCAT[0].parent))
+        granule(ASCAT[0]),
+        DatasetSpec("NUMROWS", concat_from="arrival"),
+        LocalSource(str(ASCAT[0].parent)),
     )
     assert isinstance(r, VirtualGranule) and r.length == 1632
     assert r.first is None  # NUMROWS has no coordinate variable

@@ -101,6 +101,13 @@ def _load(config_path: str | None, **overrides: Any) -> Any:
 @click.option("--drop", multiple=True, help="Variable to leave out (repeat).")
 @click.option("--group", default="", help="HDF5 group holding the dataset.")
 @click.option(
+    "--concat-from",
+    default="auto",
+    show_default=True,
+    help='Files without the concat dim: "scalar", "attr:NAME", "filename:%Y%m%d"; '
+    'a dim with no coordinate: "arrival" (docs/layouts.md).',
+)
+@click.option(
     "--path",
     "out",
     type=click.Path(dir_okay=False),
@@ -118,6 +125,7 @@ def init(
     loadable: tuple[str, ...],
     drop: tuple[str, ...],
     group: str,
+    concat_from: str,
     out: str,
     force: bool,
 ) -> None:
@@ -136,6 +144,7 @@ def init(
         loadable_variables=loadable or None,
         drop_variables=drop,
         group=group,
+        concat_from=concat_from,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     # Validate before writing: parse a draft beside the target, check a local source

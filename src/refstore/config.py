@@ -77,6 +77,7 @@ class Config:
     group: str = ""
     coord_chunk: int | None = None
     concat_chunks: str = "auto"  # decided when the repository is created (docs/layouts.md)
+    concat_from: str = "auto"  # a file without the concat dim: scalar, attr:NAME, filename:PAT
     cadence: str | None = None  # e.g. "6h": the expected step, for `refstore coverage`
     batch_size: int = 1000
     executor: str = "auto"
@@ -162,6 +163,9 @@ class Config:
                 f"got {self.concat_chunks!r}.",
                 'Use concat_chunks = "auto" (rectilinear only when granule lengths differ).',
             )
+        from refstore.concat_from import parse_concat_from
+
+        parse_concat_from(self.concat_from)  # raises ConfigError naming the choices
         if self.keep_last < 1 or self.keep_days < 0 or self.export_grace_hours < 0:
             raise ConfigError(
                 f"[maintenance] keep_last must be at least 1 and keep_days, "
@@ -188,6 +192,7 @@ _SCHEMA: dict[tuple[str, str], tuple[str, type]] = {
     ("dataset", "group"): ("group", str),
     ("dataset", "coord_chunk"): ("coord_chunk", int),
     ("dataset", "concat_chunks"): ("concat_chunks", str),
+    ("dataset", "concat_from"): ("concat_from", str),
     ("dataset", "cadence"): ("cadence", str),
     ("source", "url"): ("source_url", str),
     ("source", "urls_file"): ("urls_file", str),
@@ -395,6 +400,7 @@ def render_toml(
     loadable_variables: tuple[str, ...] | None = None,
     drop_variables: tuple[str, ...] = (),
     group: str = "",
+    concat_from: str = "auto",
 ) -> str:
     """Render a ``refstore.toml`` with the contract key names (used by ``refstore init``)."""
 
@@ -415,6 +421,7 @@ def render_toml(
     lines += [
         f"drop_variables = {lst(drop_variables)}",
         f"group = {s(group)}",
+        *([f"concat_from = {s(concat_from)}"] if concat_from != "auto" else []),
         "",
         "[source]",
         f"url = {s(source_url)}",

@@ -21,11 +21,12 @@ def dataset_fingerprint(
     group: str = "",
     loadable_variables: Iterable[str] | None = None,
     drop_variables: Iterable[str] = (),
+    concat_from: str = "auto",
 ) -> str:
     """A stable hash of the settings that decide whether a granule can be read at all.
 
     Recorded with every quarantine: when it changes (a fixed concat dim, group or
-    variable list), the granules quarantined under the old settings are tried again.
+    variable list, concat_from), the granules quarantined under the old settings are tried again.
     """
     spec = {
         "concat_dim": concat_dim,
@@ -33,6 +34,8 @@ def dataset_fingerprint(
         "loadable_variables": None if loadable_variables is None else sorted(loadable_variables),
         "drop_variables": sorted(drop_variables),
     }
+    if concat_from != "auto":  # absent by default: fingerprints of older runs still match
+        spec["concat_from"] = concat_from
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 

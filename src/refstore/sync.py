@@ -128,7 +128,12 @@ class _Run:
     def spec(self) -> DatasetSpec:
         c = self.config
         return DatasetSpec(
-            c.concat_dim, c.loadable_variables, c.drop_variables, c.group, dmrpp=c.dmrpp
+            c.concat_dim,
+            c.loadable_variables,
+            c.drop_variables,
+            c.group,
+            dmrpp=c.dmrpp,
+            concat_from=c.concat_from,
         )
 
     def _time(self, name: str, since: float) -> None:
@@ -513,7 +518,11 @@ def sync(
                 discovered = list(source.discover())
             rows = ledger.rows()
             fingerprint = dataset_fingerprint(
-                config.concat_dim, config.group, config.loadable_variables, config.drop_variables
+                config.concat_dim,
+                config.group,
+                config.loadable_variables,
+                config.drop_variables,
+                config.concat_from,
             )
             plan = plan_sync(discovered, rows, complete=not incremental, fingerprint=fingerprint)
             if not incremental:
@@ -566,8 +575,9 @@ def sync(
                 raise ConfigError(
                     f"Every granule of this run ({len(plan.todo)}) was quarantined for the same "
                     f"reason, a configuration problem rather than bad files: {problem}",
-                    "Fix [dataset] in refstore.toml (concat_dim, group, variables); the "
-                    "granules quarantined under the old settings are retried by the next sync.",
+                    "Fix [dataset] in refstore.toml (concat_dim, concat_from, group, variables); "
+                    "the granules quarantined under the old settings are retried by the next "
+                    "sync.",
                 )
             ledger.finish_run(
                 run_id,

@@ -17,6 +17,7 @@ import numpy as np
 from refstore.cf import record_attr_dtypes
 from refstore.coords import raw_loaded
 from refstore.errors import GranuleError, RefstoreError
+from refstore.expand import expand_granule, loadable_expanded, value_source
 from refstore.fetch import GranuleBytes
 from refstore.models import Failure, Granule
 from refstore.schema import signature
@@ -45,6 +46,7 @@ class DatasetSpec:
     drop_variables: tuple[str, ...] = ()
     group: str = ""
     dmrpp: str = "never"  # "auto" | "never" | "always": build from <url>.dmrpp (refstore.dmrpp)
+    concat_from: str = "auto"  # a file without the concat dim: refstore.concat_from
 
 
 @dataclass(frozen=True)
@@ -270,9 +272,78 @@ def _parse_file(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGr
         )
     try:
         manifest_store = parser(url=granule.url, registry=registry)
+        if fmt == "hdf5" and group:
+            manifest_store = _with_parent_coordinate(manifest_store, granule, spec, data, registry)
     except Exception as e:
         raise GranuleError(f"{granule.key}: {fmt} parser failed: {_short(e)}") from e
     return _finish(granule, spec, manifest_store, fmt, data)
+
+
+def parent_groups(group: str) -> list[str]:
+    """The groups above ``group``, nearest first: ``"a/b/c"`` -> ``["a/b", "a", ""]``."""
+    parts = [p for p in group.strip("/").split("/") if p]
+    return ["/".join(parts[:i]) for i in range(len(parts) - 1, -1, -1)]
+
+
+def _with_parent_coordinate(
+    manifest_store: Any, granule: Granule, spec: DatasetSpec, data: GranuleBytes, registry: Any
+) -> Any:
+    """``manifest_store`` plus the concat-dim coordinate from the nearest parent group
+    that has it, when the group itself has the dim but not its coordinate (TEMPO keeps
+    ``mirror_step`` in the root, the data in ``product/``): netCDF scoping, as a
+    coordinate in a parent group applies to its children. Unchanged otherwise."""
+    from virtualizarr.manifests import ManifestGroup, ManifestStore
+    from virtualizarr.parsers import HDFParser
+
+    group = manifest_store._group
+    parents = parent_groups(spec.group)
+    arrays = _scoped_dims(group.arrays, parents)
+    dim = spec.concat_dim
+    has_dim = any(dim in (a.metadata.dimension_names or ()) for a in arrays.values())
+    if dim not in arrays and has_dim:
+        for parent in parents:
+            parser = HDFParser(group=parent or None, reader_factory=lambda _s, _p: data.reader())
+            found = parser(url=granule.url, registry=registry)._group.arrays.get(dim)
+            if found is not None and tuple(found.metadata.dimension_names or ()) == (dim,):
+                arrays = {**arrays, dim: found}
+                break
+    if arrays == dict(group.arrays):
+        return manifest_store
+    return ManifestStore(
+        ManifestGroup(arrays=arrays, attributes=group.metadata.attributes),
+        registry=manifest_store._registry,
+    )
+
+
+def _scoped_dims(arrays: Mapping[str, Any], parents: list[str]) -> dict[str, Any]:
+    """``arrays`` with dimensions defined in a parent group named as netCDF scoping sees
+    them from the child: ``data_01/time`` -> ``time`` for ``data_01/ku`` (S6A)."""
+    from virtualizarr.manifests import ManifestArray
+
+    def local(d: str) -> str:
+        head, _, base = d.strip("/").rpartition("/")
+        return base if head in parents else d
+
+    out: dict[str, Any] = {}
+    for name, arr in arrays.items():
+        dims = tuple(arr.metadata.dimension_names or ())
+        scoped = tuple(local(str(d)) for d in dims)
+        if scoped != dims:
+            meta = replace(arr.metadata, dimension_names=scoped)
+            arr = ManifestArray(metadata=meta, chunkmanifest=arr.manifest)
+        out[name] = arr
+    return out
+
+
+def _raw(ds: Any, manifest_store: Any, loadable: Iterable[str]) -> Any:
+    """``ds`` with its loaded variables as the file stores them (refstore.coords):
+    decoding and re-encoding float times is off by an ulp at some steps."""
+    import xarray as xr
+
+    raw = xr.open_zarr(
+        _only(manifest_store, loadable), decode_cf=False, consolidated=False, chunks=None
+    )
+    return raw_loaded(ds, raw, loadable)
 
 
 def _finish(
@@ -282,13 +353,16 @@ def _finish(
     arrays = manifest_store._group.arrays
     dims = {name: tuple(arr.metadata.dimension_names or ()) for name, arr in arrays.items()}
     all_dims = {d for ds in dims.values() for d in ds}
-    if spec.concat_dim not in all_dims:
-        raise GranuleError(
-            f"{granule.key}: has no dimension {spec.concat_dim!r} ({shown_dims(all_dims)})",
-            "Set [dataset] concat_dim to the dimension granules stack along "
-            "(or [dataset] group to the group that holds it).",
+    source = value_source(
+        granule, spec.concat_dim, spec.concat_from, dims, all_dims, shown_dims(all_dims)
+    )
+    if source is None:
+        loadable = choose_loadable(dims, spec.concat_dim, spec.loadable_variables)
+    else:
+        var_attrs = {name: arr.metadata.attributes for name, arr in arrays.items()}
+        loadable = loadable_expanded(
+            spec.concat_dim, source, dims, var_attrs, spec.loadable_variables
         )
-    loadable = choose_loadable(dims, spec.concat_dim, spec.loadable_variables)
     if data is not None:
         try:
             _prefetch_loadable(manifest_store, data, granule.url, loadable)
@@ -310,6 +384,21 @@ def _finish(
         raise GranuleError(f"{granule.key}: cannot read loadable variables: {_short(e)}") from e
     record_attr_dtypes(ds)  # typed CF attributes survive zarr's JSON (refstore.cf)
     first = last = values = None
+    if source is not None:
+        ds = _raw(ds, manifest_store, loadable)
+        ds, values = expand_granule(
+            granule, spec.concat_dim, source, ds, manifest_store._group.metadata.attributes
+        )
+        return VirtualGranule(
+            granule=granule,
+            dataset=ds,
+            first=values[0],
+            last=values[0],
+            length=1,
+            signature=signature(ds, spec.concat_dim),
+            values=values,
+            fmt=fmt,
+        )
     length = int(ds.sizes[spec.concat_dim])
     if length == 0:
         raise GranuleError(
@@ -326,14 +415,15 @@ def _finish(
                     f"{granule.key}: {spec.concat_dim} is not strictly increasing in the file"
                 )
             first, last = values[0], values[-1]
-    # Loaded variables are kept as the file stores them (refstore.coords): decoding and
-    # re-encoding float times is off by an ulp at some steps.
-    import xarray as xr
-
-    raw = xr.open_zarr(
-        _only(manifest_store, loadable), decode_cf=False, consolidated=False, chunks=None
-    )
-    ds = raw_loaded(ds, raw, loadable)
+    elif spec.concat_from != "arrival":
+        where = f"group {spec.group!r} or a parent group" if spec.group else "the file"
+        raise GranuleError(
+            f"{granule.key}: no coordinate variable {spec.concat_dim!r} in {where} to order "
+            f'granules by; set [dataset] concat_from = "arrival" to stack them in arrival '
+            "order (by key within one sync), or a concat_dim that has a coordinate",
+            'Granules are never stacked in arrival order unless concat_from = "arrival".',
+        )
+    ds = _raw(ds, manifest_store, loadable)
     return VirtualGranule(
         granule=granule,
         dataset=ds,
