@@ -54,6 +54,7 @@ type ProgressFactory = Callable[[int, str], Callable[[Result], None]]
 RECONCILED = "reconciled_snapshot"
 EXPORTED = "exported_snapshot"
 VERIFIED = "readback_verified_encodings"  # encoding keys whose references read back equal
+SIDECARS = "dmrpp_looks"  # what looking for <url>.dmrpp found so far (refstore.sidecars)
 
 
 def reconcile(store: Store, ledger: Ledger) -> int:
@@ -135,16 +136,35 @@ class _Run:
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - since
 
     def virtualize(self, granules: Sequence[Granule], on_done: Any = None) -> list[Result]:
+        """Virtualize ``granules`` (in order); with ``dmrpp = "auto"``, sidecars are looked
+        for as :mod:`refstore.sidecars` remembers they were found."""
+        from dataclasses import replace
+
+        from refstore import sidecars
+
         c = self.config
-        return virtualize_all(
-            granules,
-            self.spec,
-            self.source,
-            executor=self.pool or c.executor,
-            workers=c.workers,
-            dask_address=c.dask_address,
-            on_done=on_done,
+
+        def run(subset: Sequence[Granule], spec: DatasetSpec) -> list[Result]:
+            return virtualize_all(
+                subset,
+                spec,
+                self.source,
+                executor=self.pool or c.executor,
+                workers=c.workers,
+                dask_address=c.dask_address,
+                on_done=on_done,
+            )
+
+        if c.dmrpp != "auto":
+            return run(granules, self.spec)
+        never = replace(self.spec, dmrpp="never")
+        memory = sidecars.Memory.from_json(self.ledger.get_meta(SIDECARS))
+        results, after = sidecars.virtualize_looking(
+            granules, memory, lambda subset, look: run(subset, self.spec if look else never)
         )
+        if after != memory:
+            self.ledger.set_meta(SIDECARS, after.to_json())
+        return results
 
     def process(self, todo: Sequence[Granule]) -> None:
         t = time.perf_counter()

@@ -22,6 +22,8 @@ from refstore.models import Failure, Granule
 from refstore.schema import signature
 
 __all__ = [
+    "ABSENT",
+    "FOUND",
     "DatasetSpec",
     "VirtualGranule",
     "choose_loadable",
@@ -32,6 +34,8 @@ __all__ = [
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 NETCDF3_MAGICS = (b"CDF\x01", b"CDF\x02", b"CDF\x05")
+# What looking for a granule's sidecar found (VirtualGranule.probe; refstore.sidecars).
+FOUND, ABSENT = "found", "absent"
 # HDF5 allows a user block before the superblock at 0, 512, 1024, 2048, ... bytes.
 _HDF5_OFFSETS = (0, 512, 1024, 2048)
 
@@ -61,6 +65,7 @@ class VirtualGranule:
     fmt: str = "hdf5"  # "hdf5" or "netcdf3": how the file is read back
     origin: str = "file"  # "file" (its own metadata) or "dmrpp" (its sidecar)
     note: str | None = None  # why a sidecar was not used, if one was looked for
+    probe: str | None = None  # FOUND / ABSENT: what looking for its sidecar found; None: not looked
 
     @property
     def start(self) -> str | None:
@@ -198,7 +203,8 @@ def _only(manifest_store: Any, names: Iterable[str]) -> Any:
 
 
 def _from_sidecar(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule:
-    """The granule built from ``<url>.dmrpp``: one GET, then only its loaded variables.
+    """The granule built from its sidecar (the one its source names, else ``<url>.dmrpp``):
+    one GET, then only its loaded variables.
 
     Raises
     ------
@@ -210,9 +216,7 @@ def _from_sidecar(granule: Granule, spec: DatasetSpec, registry: Any) -> Virtual
     from refstore import dmrpp
     from refstore.fetch import GranuleBytes
 
-    text = dmrpp.fetch_sidecar(registry, granule.url)
-    if text is None:
-        raise dmrpp.SidecarError(f"no sidecar at {dmrpp.sidecar_url(granule.url)}")
+    text = dmrpp.fetch_sidecar(registry, granule.url, granule.sidecar)
     group = dmrpp.manifest_group(text, granule.url, spec.group, spec.drop_variables)
     problem = dmrpp.outside(group, granule.size)
     if problem:
@@ -230,20 +234,21 @@ def _from_sidecar(granule: Granule, spec: DatasetSpec, registry: Any) -> Virtual
 
 def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule:
     from refstore import _compat
-    from refstore.dmrpp import SidecarError
+    from refstore.dmrpp import NoSidecar, SidecarError
 
     _compat.install()
     if spec.dmrpp == "never":
         return _parse_file(granule, spec, registry)
     try:
-        return _from_sidecar(granule, spec, registry)
+        return replace(_from_sidecar(granule, spec, registry), probe=FOUND)
     except SidecarError as e:
         if spec.dmrpp == "always":
             raise GranuleError(
                 f"{granule.key}: {e}",
                 'Publish the sidecar, or set [source] dmrpp = "auto" to fall back to the file.',
             ) from e
-        return replace(_parse_file(granule, spec, registry), note=str(e))
+        probe = ABSENT if isinstance(e, NoSidecar) else FOUND
+        return replace(_parse_file(granule, spec, registry), note=str(e), probe=probe)
 
 
 def _parse_file(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule:
