@@ -191,11 +191,13 @@ def _prefetch_loadable(
 
 
 def _only(manifest_store: Any, names: Iterable[str]) -> Any:
-    """A manifest store of ``names`` alone: opening it lists only what is loaded."""
+    """A manifest store of ``names`` alone (in the file's order): opening it lists only
+    what is loaded."""
     from virtualizarr.manifests import ManifestGroup, ManifestStore
 
     group = manifest_store._group
-    arrays = {n: group.arrays[n] for n in names if n in group.arrays}
+    wanted = set(names)
+    arrays = {n: a for n, a in group.arrays.items() if n in wanted}
     return ManifestStore(
         ManifestGroup(arrays=arrays, attributes=group.metadata.attributes),
         registry=manifest_store._registry,
@@ -222,7 +224,7 @@ def _from_sidecar(granule: Granule, spec: DatasetSpec, registry: Any) -> Virtual
     if problem:
         raise dmrpp.SidecarError(problem)
     store, path = registry.resolve(granule.url)
-    data = GranuleBytes(store, path, granule.size, block=4096)  # exact coordinate ranges
+    data = GranuleBytes(store, path, granule.size, block=512)  # the coordinates, near exact
     reads = data.registry(registry, granule.url)
     manifest_store = ManifestStore(group, registry=reads)  # type: ignore[arg-type]
     try:
@@ -299,8 +301,12 @@ def _finish(
             _prefetch_loadable(manifest_store, data, granule.url, loadable)
         except Exception as e:
             raise GranuleError(f"{granule.key}: cannot read loadable variables: {_short(e)}") from e
+    from refstore import _compat
+
     try:
-        ds = manifest_store.to_virtual_dataset(loadable_variables=list(loadable))
+        ds = _compat.virtual_dataset(
+            manifest_store._group, _only(manifest_store, loadable), list(loadable)
+        )
     except Exception as e:
         culprit = _culprit(manifest_store, loadable)
         what = f"variable {culprit!r}" if culprit else "its variables"
