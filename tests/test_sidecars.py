@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -224,3 +225,44 @@ def test_cmr_related_urls_sidecar_is_used_instead_of_a_guess(
         day2 = srv.stats(f"podaac-uat-cumulus-protected/{COLL}/{GAMSSA[1].name}")
         assert day2.gets == 1 and day2.bytes_sent < 25_000, day2
         assert_same_values(refstore.open_dataset(config).load(), direct_read(GAMSSA))
+
+
+@IGNORE_SIZE_WARNING
+@pytest.mark.usefixtures("loopback_only")
+def test_a_sidecar_named_on_a_host_the_login_may_not_reach_is_not_fetched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    served = tmp_path / "daac"
+    protected = served / "podaac-uat-cumulus-protected" / COLL
+    protected.mkdir(parents=True)
+    shutil.copy(GAMSSA[0], protected / GAMSSA[0].name)
+    write_dmrpp(protected / GAMSSA[0].name)
+    monkeypatch.setenv("EARTHDATA_TOKEN", TOKEN)
+    recorded = _recorded_items()[0]
+    mirror = "https://mirror.example.net/"
+    item = _gamssa_item(recorded, GAMSSA[0], f"{mirror}{COLL}/{GAMSSA[0].name}.dmrpp")
+    with (
+        RangeHTTPServer(served, bearer_token=TOKEN) as srv,
+        RangeHTTPServer(protected, host="127.0.0.2") as foreign,
+    ):
+        rewrites = {UAT: srv.base_url + "/", mirror: foreign.base_url + "/"}
+        with CmrReplayServer(GranuleCatalog([item], link_rewrites=rewrites)) as cmr:
+            write_config(
+                tmp_path,
+                {
+                    "source": {
+                        "short_name": recorded["umm"]["CollectionReference"]["ShortName"],
+                        "access": "external",
+                        "cmr_url": cmr.search_url,
+                        "login": "token",
+                    },
+                    "sync": {"executor": "serial"},
+                },
+            )
+            config = load_config(tmp_path / "refstore.toml", environ={})
+            with caplog.at_level(logging.INFO, logger="refstore"):
+                result = refstore.sync(config)
+        assert result.added == (GAMSSA[0].stem,) and not result.quarantined
+        assert foreign.total_requests == 0 and foreign.authorization_headers == 0
+        assert "from its own metadata: sidecar http://127.0.0.2" in caplog.text
+        assert_same_values(refstore.open_dataset(config).load(), direct_read(GAMSSA[:1]))
