@@ -22,6 +22,7 @@ import refstore
 from refstore.config import load_config
 from refstore.sidecars import ABSENT_AFTER, REPROBE_EVERY, Memory, phase, remember
 from refstore.sources.earthdata import _sidecar
+from refstore.virtualize import HINT_MARGIN
 from tests.conftest import GRANULES
 from tests.dmrpp_writer import write_dmrpp
 from tests.helpers import assert_same_values, direct_read
@@ -223,7 +224,10 @@ def test_cmr_related_urls_sidecar_is_used_instead_of_a_guess(
         # The second granule (a verified signature) was built from its sidecar: no byte
         # of its HDF5 metadata, only the coordinates (the first was cross-checked).
         day2 = srv.stats(f"podaac-uat-cumulus-protected/{COLL}/{GAMSSA[1].name}")
-        assert day2.gets == 1 and day2.bytes_sent < 25_000, day2
+        # ... read at the offsets day 1 had them (time at 58,422), widened by the margin,
+        # while its sidecar was fetched.
+        assert day2.gets == 1 and day2.bytes_sent < 20_538 + 2 * HINT_MARGIN + 1024, day2
+        assert day2.ranges[0][0] <= 58_422 - HINT_MARGIN, day2.ranges
         assert_same_values(refstore.open_dataset(config).load(), direct_read(GAMSSA))
 
 
@@ -266,3 +270,57 @@ def test_a_sidecar_named_on_a_host_the_login_may_not_reach_is_not_fetched(
         assert foreign.total_requests == 0 and foreign.authorization_headers == 0
         assert "from its own metadata: sidecar http://127.0.0.2" in caplog.text
         assert_same_values(refstore.open_dataset(config).load(), direct_read(GAMSSA[:1]))
+
+
+# -- coordinates read while the sidecar is fetched -----------------------------------------------
+def _timed_sidecar_build(url: str, size: int, hint: tuple[tuple[int, int], ...]) -> Any:
+    import time
+
+    from refstore.models import Granule
+    from refstore.sources.https import http_registry
+    from refstore.virtualize import DatasetSpec, virtualize_granule
+
+    class Source:
+        def registry(self) -> Any:
+            return http_registry([url], None)
+
+    spec = DatasetSpec("time", dmrpp="always", coord_hint=hint)
+    start = time.perf_counter()
+    out = virtualize_granule(Granule(url, url, "r", size=size), spec, Source())
+    return out, time.perf_counter() - start
+
+
+def test_a_coordinate_hint_reads_the_coordinates_in_the_sidecars_round_trip(
+    tmp_path: Path,
+) -> None:
+    served = tmp_path / "daac"
+    served.mkdir()
+    for f in GAMSSA:
+        shutil.copy(f, served / f.name)
+        write_dmrpp(served / f.name)
+    day1, day2 = (served / f.name for f in GAMSSA)
+    latency = 1.0  # per request: the saved round trip stands out of CPU noise
+    with RangeHTTPServer(served, latency=latency) as srv:
+        first, _ = _timed_sidecar_build(srv.url_for(day1.name), day1.stat().st_size, ())
+        assert first.origin == "dmrpp" and first.coord_ranges
+        srv.reset_stats()
+        plain, t_plain = _timed_sidecar_build(srv.url_for(day2.name), day2.stat().st_size, ())
+        srv.reset_stats()
+        hinted, t_hint = _timed_sidecar_build(
+            srv.url_for(day2.name), day2.stat().st_size, first.coord_ranges
+        )
+        st = srv.stats(day2.name)
+        assert st.gets == 1 and st.bytes_sent < 30_000, st.ranges  # the hint was right
+        assert t_hint < t_plain - latency / 2, (t_hint, t_plain)
+        # A wrong hint costs its bytes and the exact read after the sidecar; same granule.
+        srv.reset_stats()
+        wrong, _ = _timed_sidecar_build(
+            srv.url_for(day2.name), day2.stat().st_size, ((500_000, 20_000),)
+        )
+        assert srv.stats(day2.name).gets == 2
+    for out in (hinted, wrong):
+        assert out.origin == "dmrpp" and out.first == plain.first
+        for name in plain.dataset.variables:
+            a, b = out.dataset.variables[name], plain.dataset.variables[name]
+            if not hasattr(b.data, "manifest"):
+                assert a.dtype == b.dtype and (a.values == b.values).all(), name

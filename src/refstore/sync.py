@@ -55,6 +55,15 @@ RECONCILED = "reconciled_snapshot"
 EXPORTED = "exported_snapshot"
 VERIFIED = "readback_verified_encodings"  # encoding keys whose references read back equal
 SIDECARS = "dmrpp_looks"  # what looking for <url>.dmrpp found so far (refstore.sidecars)
+COORD_HINT = "coord_ranges_hint"  # where the last granule kept its loaded variables (JSON)
+
+
+def _read_hint(text: str | None) -> tuple[tuple[int, int], ...]:
+    """The coordinate-ranges hint kept in the ledger; none if absent or unreadable."""
+    try:
+        return tuple((int(o), int(n)) for o, n in json.loads(text or "[]"))
+    except (ValueError, TypeError):
+        return ()
 
 
 def reconcile(store: Store, ledger: Ledger) -> int:
@@ -155,15 +164,35 @@ class _Run:
                 on_done=on_done,
             )
 
-        if c.dmrpp != "auto":
+        if c.dmrpp == "never":
             return run(granules, self.spec)
-        never = replace(self.spec, dmrpp="never")
-        memory = sidecars.Memory.from_json(self.ledger.get_meta(SIDECARS))
-        results, after = sidecars.virtualize_looking(
-            granules, memory, lambda subset, look: run(subset, self.spec if look else never)
-        )
-        if after != memory:
-            self.ledger.set_meta(SIDECARS, after.to_json())
+        hint = _read_hint(self.ledger.get_meta(COORD_HINT))
+        before = hint
+
+        def hinted(subset: Sequence[Granule], spec: DatasetSpec) -> list[Result]:
+            # Each phase reads its sidecar-built granules' coordinates at the offsets the
+            # last granule had them, while the sidecar is fetched (refstore.virtualize).
+            # With none known yet, the first granule goes alone and gives the others one.
+            nonlocal hint
+            if not hint and spec.dmrpp != "never" and len(subset) > 1:
+                return hinted(subset[:1], spec) + hinted(subset[1:], spec)
+            results = run(subset, replace(spec, coord_hint=hint))
+            ranges = [r.coord_ranges for r in results if isinstance(r, VirtualGranule)]
+            hint = next((r for r in reversed(ranges) if r), hint)
+            return results
+
+        if c.dmrpp == "always":
+            results = hinted(granules, self.spec)
+        else:
+            never = replace(self.spec, dmrpp="never")
+            memory = sidecars.Memory.from_json(self.ledger.get_meta(SIDECARS))
+            results, after = sidecars.virtualize_looking(
+                granules, memory, lambda subset, look: hinted(subset, self.spec if look else never)
+            )
+            if after != memory:
+                self.ledger.set_meta(SIDECARS, after.to_json())
+        if hint != before:
+            self.ledger.set_meta(COORD_HINT, json.dumps([list(r) for r in hint]))
         return results
 
     def process(self, todo: Sequence[Granule]) -> None:

@@ -24,6 +24,7 @@ from refstore.schema import signature
 __all__ = [
     "ABSENT",
     "FOUND",
+    "HINT_MARGIN",
     "DatasetSpec",
     "VirtualGranule",
     "choose_loadable",
@@ -34,6 +35,9 @@ __all__ = [
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 NETCDF3_MAGICS = (b"CDF\x01", b"CDF\x02", b"CDF\x05")
+# Bytes read each side of a hinted coordinate range: the same producer's files differ by
+# a few bytes of attributes (RSS SSMIS: 16 bytes a year apart).
+HINT_MARGIN = 1024
 # What looking for a granule's sidecar found (VirtualGranule.probe; refstore.sidecars).
 FOUND, ABSENT = "found", "absent"
 # HDF5 allows a user block before the superblock at 0, 512, 1024, 2048, ... bytes.
@@ -49,6 +53,9 @@ class DatasetSpec:
     drop_variables: tuple[str, ...] = ()
     group: str = ""
     dmrpp: str = "never"  # "auto" | "never" | "always": build from <url>.dmrpp (refstore.dmrpp)
+    # Where the previous granule kept its loaded variables, ``(offset, length)``: read
+    # while its sidecar is fetched, so a sidecar-built granule costs one round trip.
+    coord_hint: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,7 @@ class VirtualGranule:
     origin: str = "file"  # "file" (its own metadata) or "dmrpp" (its sidecar)
     note: str | None = None  # why a sidecar was not used, if one was looked for
     probe: str | None = None  # FOUND / ABSENT: what looking for its sidecar found; None: not looked
+    coord_ranges: tuple[tuple[int, int], ...] = ()  # its loaded chunks in the file
 
     @property
     def start(self) -> str | None:
@@ -181,13 +189,28 @@ def _sniff(data: GranuleBytes) -> str | None:
     return detect_format({o: head[o : o + 8] for o in _HDF5_OFFSETS})
 
 
-def _prefetch_loadable(
-    manifest_store: Any, data: GranuleBytes, url: str, names: Iterable[str]
-) -> None:
-    """Fetch the chunks of the variables to load in one round trip, before they decode."""
+def _loaded_ranges(manifest_store: Any, url: str, names: Iterable[str]) -> list[tuple[int, int]]:
+    """``(offset, length)`` of the chunks of ``names`` in the granule at ``url``."""
     arrays = manifest_store._group.arrays
     entries = [e for n in names if n in arrays for e in arrays[n].manifest.dict().values()]
-    data.prefetch([(int(e["offset"]), int(e["length"])) for e in entries if e["path"] == url])
+    return [(int(e["offset"]), int(e["length"])) for e in entries if e["path"] == url]
+
+
+def _hinted(data: GranuleBytes, hint: Iterable[tuple[int, int]]) -> Any:
+    """Start reading ``hint`` (widened by :data:`HINT_MARGIN` each side) in a thread."""
+    import threading
+
+    ranges = [(max(o - HINT_MARGIN, 0), n + 2 * HINT_MARGIN) for o, n in hint]
+
+    def read() -> None:
+        try:
+            data.prefetch(ranges)
+        except Exception:  # a wasted guess: the exact read follows the sidecar
+            return
+
+    thread = threading.Thread(target=read, name="refstore-coord-hint", daemon=True)
+    thread.start()
+    return thread
 
 
 def _only(manifest_store: Any, names: Iterable[str]) -> Any:
@@ -218,13 +241,18 @@ def _from_sidecar(granule: Granule, spec: DatasetSpec, registry: Any) -> Virtual
     from refstore import dmrpp
     from refstore.fetch import GranuleBytes
 
-    text = dmrpp.fetch_sidecar(registry, granule.url, granule.sidecar)
+    store, path = registry.resolve(granule.url)
+    data = GranuleBytes(store, path, granule.size, block=512)  # the coordinates, near exact
+    guess = _hinted(data, spec.coord_hint) if spec.coord_hint and granule.size else None
+    try:
+        text = dmrpp.fetch_sidecar(registry, granule.url, granule.sidecar)
+    finally:
+        if guess is not None:
+            guess.join()
     group = dmrpp.manifest_group(text, granule.url, spec.group, spec.drop_variables)
     problem = dmrpp.outside(group, granule.size)
     if problem:
         raise dmrpp.SidecarError(problem)
-    store, path = registry.resolve(granule.url)
-    data = GranuleBytes(store, path, granule.size, block=512)  # the coordinates, near exact
     reads = data.registry(registry, granule.url)
     manifest_store = ManifestStore(group, registry=reads)  # type: ignore[arg-type]
     try:
@@ -298,7 +326,7 @@ def _finish(
     loadable = choose_loadable(dims, spec.concat_dim, spec.loadable_variables)
     if data is not None:
         try:
-            _prefetch_loadable(manifest_store, data, granule.url, loadable)
+            data.prefetch(_loaded_ranges(manifest_store, granule.url, loadable))
         except Exception as e:
             raise GranuleError(f"{granule.key}: cannot read loadable variables: {_short(e)}") from e
     from refstore import _compat
@@ -354,6 +382,7 @@ def _finish(
         signature=signature(ds, spec.concat_dim),
         values=values,
         fmt=fmt,
+        coord_ranges=tuple(_loaded_ranges(manifest_store, granule.url, loadable)),
     )
 
 
