@@ -167,14 +167,15 @@ class _Run:
         if c.dmrpp == "never":
             return run(granules, self.spec)
         hint = _read_hint(self.ledger.get_meta(COORD_HINT))
-        before = hint
+        before, learn = hint, True
 
         def hinted(subset: Sequence[Granule], spec: DatasetSpec) -> list[Result]:
             # Each phase reads its sidecar-built granules' coordinates at the offsets the
             # last granule had them, while the sidecar is fetched (refstore.virtualize).
-            # With none known yet, the first granule goes alone and gives the others one.
-            nonlocal hint
-            if not hint and spec.dmrpp != "never" and len(subset) > 1:
+            # With none known yet, the first granule goes alone (once) to give the rest one.
+            nonlocal hint, learn
+            if learn and not hint and spec.dmrpp != "never" and len(subset) > 1:
+                learn = False
                 return hinted(subset[:1], spec) + hinted(subset[1:], spec)
             results = run(subset, replace(spec, coord_hint=hint))
             ranges = [r.coord_ranges for r in results if isinstance(r, VirtualGranule)]
