@@ -621,7 +621,7 @@ def auto_sequence(latency: float = LATENCY, copies: int = 5, repeat: int = 2) ->
         groups = {u: g for u, (_, g) in zip(urls, rels, strict=True)}
 
         def remembered(registry: Any) -> None:
-            def run(subset: Sequence[Granule], look: bool) -> list[Any]:
+            def run(subset: Sequence[Granule], look: bool, _expected: bool) -> list[Any]:
                 mode = "auto" if look else "never"
                 return [one(g.url, groups[g.url], mode, registry) for g in subset]
 

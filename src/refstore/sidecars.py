@@ -102,12 +102,14 @@ def remember(memory: Memory, named: Sequence[bool], probes: Sequence[str | None]
 def virtualize_looking(
     granules: Sequence[Granule],
     memory: Memory,
-    run: Callable[[Sequence[Granule], bool], list[Any]],
+    run: Callable[[Sequence[Granule], bool, bool], list[Any]],
 ) -> tuple[list[Any], Memory]:
     """Virtualize ``granules`` by phases, looking for sidecars as :func:`phase` says.
 
-    ``run(granules, look)`` virtualizes with ``dmrpp = "auto"`` (``look``) or ``"never"``
-    and returns results in order. Results come back in the order of ``granules``.
+    ``run(granules, look, expected)`` virtualizes with ``dmrpp = "auto"`` (``look``) or
+    ``"never"`` and returns results in order; ``expected`` says sidecars were found in
+    this collection so far (none missing since). Results come back in the order of
+    ``granules``.
     """
     out: list[Any] = [None] * len(granules)
     start = 0
@@ -115,10 +117,12 @@ def virtualize_looking(
         rest = granules[start:]
         named = [g.sidecar is not None for g in rest]
         looks, n = phase(memory, named)
+        expected = memory.found and memory.misses == 0
         for look in (True, False):
             idx = [start + i for i in range(n) if looks[i] == look]
             if idx:
-                for i, r in zip(idx, run([granules[i] for i in idx], look), strict=True):
+                done = run([granules[i] for i in idx], look, expected)
+                for i, r in zip(idx, done, strict=True):
                     out[i] = r
         done = out[start : start + n]
         probes = [None if isinstance(r, Failure) else getattr(r, "probe", None) for r in done]

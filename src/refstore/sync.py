@@ -187,9 +187,12 @@ class _Run:
         else:
             never = replace(self.spec, dmrpp="never")
             memory = sidecars.Memory.from_json(self.ledger.get_meta(SIDECARS))
-            results, after = sidecars.virtualize_looking(
-                granules, memory, lambda subset, look: hinted(subset, self.spec if look else never)
-            )
+            looking = self.spec
+
+            def phase(subset: Sequence[Granule], look: bool, expected: bool) -> list[Result]:
+                return hinted(subset, replace(looking, hint_guessed=expected) if look else never)
+
+            results, after = sidecars.virtualize_looking(granules, memory, phase)
             if after != memory:
                 self.ledger.set_meta(SIDECARS, after.to_json())
         if hint != before:

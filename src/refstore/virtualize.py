@@ -56,6 +56,9 @@ class DatasetSpec:
     # Where the previous granule kept its loaded variables, ``(offset, length)``: read
     # while its sidecar is fetched, so a sidecar-built granule costs one round trip.
     coord_hint: tuple[tuple[int, int], ...] = ()
+    # Use the hint for a guessed <url>.dmrpp too (the collection is known to publish them);
+    # else only for a sidecar the source names, or with dmrpp = "always".
+    hint_guessed: bool = False
 
 
 @dataclass(frozen=True)
@@ -243,7 +246,9 @@ def _from_sidecar(granule: Granule, spec: DatasetSpec, registry: Any) -> Virtual
 
     store, path = registry.resolve(granule.url)
     data = GranuleBytes(store, path, granule.size, block=512)  # the coordinates, near exact
-    guess = _hinted(data, spec.coord_hint) if spec.coord_hint and granule.size else None
+    expected = granule.sidecar is not None or spec.dmrpp == "always" or spec.hint_guessed
+    hint = spec.coord_hint if expected and granule.size else ()
+    guess = _hinted(data, hint) if hint else None  # no bytes wasted where a 404 is likely
     try:
         text = dmrpp.fetch_sidecar(registry, granule.url, granule.sidecar)
     finally:
