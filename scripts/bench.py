@@ -23,7 +23,8 @@ OPS ``--only cli``: whole-process CLI latencies; ``--only gc``: gc on 500 snapsh
 RB  request budget per remote granule (issue 13): requests, bytes and seconds per real
     NetCDF4 granule of tests/data over the loopback Range HTTP server with 30 ms per
     request, refstore vs its previous reader, VirtualiZarr's HDFParser defaults and
-    kerchunk's SingleHdf5ToZarr on the same link.
+    kerchunk's SingleHdf5ToZarr on the same link; and a first sync's virtualization of
+    copies of those files without sidecars in ``dmrpp = "auto"`` (refstore.sidecars).
 
 Granules are tiny synthetic CCMP-like files (8 x 16 grid, 4 steps each, ~40 KB) written
 once into ``<work>/pool`` and hard-linked into one source folder per N.
@@ -59,6 +60,9 @@ REMOTE_FILES = (
 )
 LATENCY = 0.030  # seconds per request: a DAAC seen from outside its region
 SIZES: dict[str, int] = {}  # url -> size, as a source's listing gives it
+# url -> where the previous granule of its collection kept its coordinates (a sync keeps
+# it in the ledger); here the file's own, as for GAMSSA's two days (equal offsets).
+HINTS: dict[str, tuple[tuple[int, int], ...]] = {}
 GRID = {"nlat": 8, "nlon": 16}
 START = dt.datetime(1990, 1, 1)
 EXTRA = 4  # granules beyond N_max: the ones P1 adds
@@ -453,9 +457,10 @@ def _readers() -> dict[str, Callable[[str, str, Any], Any]]:
         ds = store.to_virtual_dataset(loadable_variables=loadable)
         return ds.load(), store
 
-    def refstore(dmrpp: str) -> Callable[[str, str, Any], Any]:
+    def refstore(dmrpp: str, hinted: bool = False) -> Callable[[str, str, Any], Any]:
         def run(url: str, group: str, registry: Any) -> Any:
-            spec = DatasetSpec("time", group=group, dmrpp=dmrpp)
+            hint = HINTS.get(url, ()) if hinted else ()
+            spec = DatasetSpec("time", group=group, dmrpp=dmrpp, coord_hint=hint)
             # The size comes with the listing in a sync (HEAD, S3 list, CMR): not counted here.
             granule = Granule(url, url, "r", size=SIZES.get(url))
             out = virtualize_granule(granule, spec, _Registry(registry))
@@ -489,6 +494,7 @@ def _readers() -> dict[str, Callable[[str, str, Any], Any]]:
         "refstore": refstore("never"),
         "refstore_auto_no_sidecar": refstore("auto"),
         "refstore_from_sidecar": refstore("always"),
+        "refstore_from_sidecar_hinted": refstore("always", hinted=True),
         "refstore_before (64 KiB blocks)": refstore_before,
         "virtualizarr_hdfparser_defaults": hdfparser_defaults,
         "kerchunk_singlehdf5tozarr": kerchunk,
@@ -520,7 +526,7 @@ def request_budget(latency: float = LATENCY, repeat: int = REPEAT) -> dict[str, 
         write_dmrpp(served / "sidecars" / rel, group)
 
     def folder_of(name: str) -> str:
-        return "sidecars" if name == "refstore_from_sidecar" else "plain"
+        return "sidecars" if name.startswith("refstore_from_sidecar") else "plain"
 
     with RangeHTTPServer(served, latency=latency) as srv, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -530,6 +536,10 @@ def request_budget(latency: float = LATENCY, repeat: int = REPEAT) -> dict[str, 
             fn(warm, "", http_registry([warm], None))
         for rel, group in REMOTE_FILES:
             row: dict[str, Any] = {"bytes": (GRANULES / rel).stat().st_size}
+            hinted = srv.url_for(f"sidecars/{rel}")
+            SIZES[hinted] = row["bytes"]
+            built = readers["refstore_from_sidecar"](hinted, group, http_registry([hinted], None))
+            HINTS[hinted] = built.coord_ranges
             for name, fn in readers.items():
                 path = f"{folder_of(name)}/{rel}"
                 url = srv.url_for(path)
@@ -564,6 +574,96 @@ def request_budget(latency: float = LATENCY, repeat: int = REPEAT) -> dict[str, 
     base = out["per_reader"]["virtualizarr_hdfparser_defaults"]["seconds_total"]
     for agg in out["per_reader"].values():
         agg["speedup_vs_hdfparser_defaults"] = ratio(base, agg["seconds_total"])
+    return out
+
+
+def auto_sequence(latency: float = LATENCY, copies: int = 5, repeat: int = 2) -> dict[str, Any]:
+    """A first sync's virtualization of ``copies`` x the RB files, no sidecar published,
+    over the same link: ``dmrpp = "auto"`` as a sync runs it (refstore.sidecars: looks for
+    ``<url>.dmrpp`` until 3 misses in a row), looking on every granule (before), and
+    VirtualiZarr's HDFParser defaults. Each pass starts with no memory; seconds are the
+    best of ``repeat`` passes (CPU noise), counts are one pass's."""
+    import tempfile
+    import warnings
+
+    sys.path.insert(0, str(ROOT))
+    from tests.servers import RangeHTTPServer
+    from virtualizarr.parsers import HDFParser
+
+    from refstore import sidecars
+    from refstore.models import Granule
+    from refstore.sources.https import http_registry
+    from refstore.virtualize import DatasetSpec, choose_loadable, virtualize_granule
+
+    served = Path(tempfile.mkdtemp(prefix="refstore-auto-"))
+    rels: list[tuple[str, str]] = []
+    for k in range(copies):
+        for rel, group in REMOTE_FILES:
+            target = served / f"c{k}" / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(GRANULES / rel, target)
+            rels.append((f"c{k}/{rel}", group))
+    out: dict[str, Any] = {"latency_s": latency, "granules": len(rels)}
+
+    def one(url: str, group: str, mode: str, registry: Any) -> Any:
+        size = (served / url.split("/", 3)[3]).stat().st_size
+        r = virtualize_granule(
+            Granule(url, url, "r", size=size), DatasetSpec("time", group=group, dmrpp=mode),
+            _Registry(registry),
+        )  # fmt: skip
+        if not hasattr(r, "dataset"):
+            raise RuntimeError(r.reason)
+        return r
+
+    with RangeHTTPServer(served, latency=latency) as srv, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        urls = [srv.url_for(rel) for rel, _ in rels]
+        groups = {u: g for u, (_, g) in zip(urls, rels, strict=True)}
+
+        def remembered(registry: Any) -> None:
+            def run(subset: Sequence[Granule], look: bool, _expected: bool) -> list[Any]:
+                mode = "auto" if look else "never"
+                return [one(g.url, groups[g.url], mode, registry) for g in subset]
+
+            granules = [Granule(u, u, "r") for u in urls]
+            sidecars.virtualize_looking(granules, sidecars.Memory(), run)
+
+        def every(registry: Any) -> None:
+            for u in urls:
+                one(u, groups[u], "auto", registry)
+
+        def hdfparser(registry: Any) -> None:
+            for u in urls:
+                store = HDFParser(group=groups[u] or None)(url=u, registry=registry)
+                arrays = store._group.arrays
+                dims = {n: tuple(a.metadata.dimension_names or ()) for n, a in arrays.items()}
+                loadable = list(choose_loadable(dims, "time", None))
+                store.to_virtual_dataset(loadable_variables=loadable).load()
+
+        one(urls[0], groups[urls[0]], "never", http_registry(urls, None))  # warm imports
+        for name, fn in (
+            ("refstore_auto", remembered),
+            ("refstore_auto_looking_every_granule", every),
+            ("virtualizarr_hdfparser_defaults", hdfparser),
+        ):
+            times = []
+            for _ in range(repeat):
+                registry = http_registry(urls, None)
+                srv.reset_stats()
+                times.append(timed(lambda fn=fn, registry=registry: fn(registry))[0])
+            seconds = min(times)
+            stats = srv.all_stats()
+            out[name] = {
+                "seconds": round(seconds, 3),
+                "requests": sum(st.requests for st in stats.values()),
+                "sidecar_404s": sum(
+                    st.statuses[404] for p, st in stats.items() if str(p).endswith(".dmrpp")
+                ),
+            }
+    shutil.rmtree(served, ignore_errors=True)
+    base = out["virtualizarr_hdfparser_defaults"]["seconds"]
+    for name in ("refstore_auto", "refstore_auto_looking_every_granule"):
+        out[name]["speedup_vs_hdfparser_defaults"] = ratio(base, out[name]["seconds"])
     return out
 
 
@@ -619,6 +719,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.budget_only:
         rb = request_budget()
+        log("first sync's virtualization, no sidecar published, dmrpp = auto")
+        rb["auto_sequence"] = auto_sequence(repeat=3)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "latest-budget.json").write_text(json.dumps(rb, indent=2))
         print_budget(rb)
@@ -665,6 +767,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["granule_io"] = granule_io()
     log(f"request budget per remote granule ({LATENCY * 1000:.0f} ms per request)")
     report["request_budget"] = request_budget(repeat=2 if args.quick else REPEAT)
+    log("first sync's virtualization, no sidecar published, dmrpp = auto")
+    report["request_budget"]["auto_sequence"] = auto_sequence(
+        copies=1 if args.quick else 5, repeat=1 if args.quick else 3
+    )
     big, small = report["per_size"][str(n_max)], report["per_size"][str(n_min)]
     tp = report["throughput"]
     report["figures"] = {
@@ -689,6 +795,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "RB_refstore_speedup_vs_hdfparser": report["request_budget"]["per_reader"]["refstore"][
             "speedup_vs_hdfparser_defaults"
         ],
+        "RB_auto_first_sync_speedup_vs_hdfparser": report["request_budget"]["auto_sequence"][
+            "refstore_auto"
+        ]["speedup_vs_hdfparser_defaults"],
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -734,6 +843,16 @@ def print_budget(rb: dict[str, Any]) -> None:
             f"  {name:<34} max {agg['requests_max']} req, {agg['seconds_total']:.3f} s for all, "
             f"{agg['speedup_vs_hdfparser_defaults']}x vs HDFParser defaults"
         )
+    seq = rb.get("auto_sequence")
+    if seq:
+        print(f"first sync of {seq['granules']} granules without sidecars (virtualization only)")
+        for name, r in seq.items():
+            if isinstance(r, dict):
+                vs = r.get("speedup_vs_hdfparser_defaults", 1.0)
+                print(
+                    f"  {name:<40} {r['seconds']:>7.3f} s {r['requests']:>4} req "
+                    f"({r['sidecar_404s']} sidecar 404s), {vs}x vs HDFParser defaults"
+                )
 
 
 if __name__ == "__main__":

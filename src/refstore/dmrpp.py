@@ -37,6 +37,7 @@ from refstore.cf import ATTR_DTYPES, CF_TYPED_ATTRS
 
 __all__ = [
     "MODES",
+    "NoSidecar",
     "SidecarError",
     "disagreement",
     "fetch_sidecar",
@@ -59,25 +60,31 @@ class SidecarError(Exception):
     """The sidecar cannot be used for this granule (the reason is the message)."""
 
 
-def sidecar_url(url: str) -> str:
-    """Where a granule's DMR++ sidecar is published: ``<url>.dmrpp``."""
-    return f"{url}.dmrpp"
+class NoSidecar(SidecarError):
+    """No sidecar is published where it was looked for (a 404, or a missing file)."""
 
 
-def fetch_sidecar(registry: Any, url: str) -> bytes | None:
-    """The sidecar's bytes (one GET), or None if there is none.
+def sidecar_url(url: str, named: str | None = None) -> str:
+    """Where a granule's DMR++ sidecar is: the one its source names, else ``<url>.dmrpp``."""
+    return named or f"{url}.dmrpp"
+
+
+def fetch_sidecar(registry: Any, url: str, named: str | None = None) -> bytes:
+    """The sidecar's bytes (one GET).
 
     Raises
     ------
+    NoSidecar
+        There is none at :func:`sidecar_url`.
     SidecarError
         It exists but could not be read.
     """
-    where = sidecar_url(url)
+    where = sidecar_url(url, named)
     try:
         store, path = registry.resolve(where)
         return bytes(store.get(path).bytes())
-    except FileNotFoundError:
-        return None
+    except FileNotFoundError as e:
+        raise NoSidecar(f"no sidecar at {where}") from e
     except Exception as e:
         raise SidecarError(f"sidecar {where} could not be read ({type(e).__name__}: {e})") from e
 

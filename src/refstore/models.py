@@ -28,7 +28,8 @@ class Granule:
 
     ``key`` is stable across runs (the file name for folders and prefixes, the CMR
     native id for Earthdata); ``revision`` changes when the file is replaced upstream
-    (size+mtime, ETag or CMR revision-id).
+    (size+mtime, ETag or CMR revision-id). ``sidecar`` is the granule's DMR++ sidecar
+    when the source names one (CMR ``RelatedUrls``); else ``<url>.dmrpp`` is looked for.
     """
 
     key: str
@@ -36,6 +37,7 @@ class Granule:
     revision: str
     size: int | None = None
     modified: str | None = None
+    sidecar: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

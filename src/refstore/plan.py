@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 
 from refstore.models import Failure, Granule, LedgerRow, Status, SyncPlan
 
@@ -95,7 +96,7 @@ def plan_sync(
         g = seen[key]
         row = rows.get(key)
         if row is not None and not g.revision:
-            g = Granule(g.key, g.url, row.revision, g.size, g.modified)
+            g = replace(g, revision=row.revision)
         if row is None:
             new.append(g)
         elif (

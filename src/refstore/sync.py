@@ -54,6 +54,16 @@ type ProgressFactory = Callable[[int, str], Callable[[Result], None]]
 RECONCILED = "reconciled_snapshot"
 EXPORTED = "exported_snapshot"
 VERIFIED = "readback_verified_encodings"  # encoding keys whose references read back equal
+SIDECARS = "dmrpp_looks"  # what looking for <url>.dmrpp found so far (refstore.sidecars)
+COORD_HINT = "coord_ranges_hint"  # where the last granule kept its loaded variables (JSON)
+
+
+def _read_hint(text: str | None) -> tuple[tuple[int, int], ...]:
+    """The coordinate-ranges hint kept in the ledger; none if absent or unreadable."""
+    try:
+        return tuple((int(o), int(n)) for o, n in json.loads(text or "[]"))
+    except (ValueError, TypeError):
+        return ()
 
 
 def reconcile(store: Store, ledger: Ledger) -> int:
@@ -140,16 +150,59 @@ class _Run:
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - since
 
     def virtualize(self, granules: Sequence[Granule], on_done: Any = None) -> list[Result]:
+        """Virtualize ``granules`` (in order); with ``dmrpp = "auto"``, sidecars are looked
+        for as :mod:`refstore.sidecars` remembers they were found."""
+        from dataclasses import replace
+
+        from refstore import sidecars
+
         c = self.config
-        return virtualize_all(
-            granules,
-            self.spec,
-            self.source,
-            executor=self.pool or c.executor,
-            workers=c.workers,
-            dask_address=c.dask_address,
-            on_done=on_done,
-        )
+
+        def run(subset: Sequence[Granule], spec: DatasetSpec) -> list[Result]:
+            return virtualize_all(
+                subset,
+                spec,
+                self.source,
+                executor=self.pool or c.executor,
+                workers=c.workers,
+                dask_address=c.dask_address,
+                on_done=on_done,
+            )
+
+        if c.dmrpp == "never":
+            return run(granules, self.spec)
+        hint = _read_hint(self.ledger.get_meta(COORD_HINT))
+        before, learn = hint, True
+
+        def hinted(subset: Sequence[Granule], spec: DatasetSpec) -> list[Result]:
+            # Each phase reads its sidecar-built granules' coordinates at the offsets the
+            # last granule had them, while the sidecar is fetched (refstore.virtualize).
+            # With none known yet, the first granule goes alone (once) to give the rest one.
+            nonlocal hint, learn
+            if learn and not hint and spec.dmrpp != "never" and len(subset) > 1:
+                learn = False
+                return hinted(subset[:1], spec) + hinted(subset[1:], spec)
+            results = run(subset, replace(spec, coord_hint=hint))
+            ranges = [r.coord_ranges for r in results if isinstance(r, VirtualGranule)]
+            hint = next((r for r in reversed(ranges) if r), hint)
+            return results
+
+        if c.dmrpp == "always":
+            results = hinted(granules, self.spec)
+        else:
+            never = replace(self.spec, dmrpp="never")
+            memory = sidecars.Memory.from_json(self.ledger.get_meta(SIDECARS))
+            looking = self.spec
+
+            def phase(subset: Sequence[Granule], look: bool, expected: bool) -> list[Result]:
+                return hinted(subset, replace(looking, hint_guessed=expected) if look else never)
+
+            results, after = sidecars.virtualize_looking(granules, memory, phase)
+            if after != memory:
+                self.ledger.set_meta(SIDECARS, after.to_json())
+        if hint != before:
+            self.ledger.set_meta(COORD_HINT, json.dumps([list(r) for r in hint]))
+        return results
 
     def process(self, todo: Sequence[Granule]) -> None:
         t = time.perf_counter()

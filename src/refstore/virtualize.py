@@ -23,6 +23,9 @@ from refstore.models import Failure, Granule
 from refstore.schema import signature
 
 __all__ = [
+    "ABSENT",
+    "FOUND",
+    "HINT_MARGIN",
     "DatasetSpec",
     "VirtualGranule",
     "choose_loadable",
@@ -33,6 +36,11 @@ __all__ = [
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 NETCDF3_MAGICS = (b"CDF\x01", b"CDF\x02", b"CDF\x05")
+# Bytes read each side of a hinted coordinate range: the same producer's files differ by
+# a few bytes of attributes (RSS SSMIS: 16 bytes a year apart).
+HINT_MARGIN = 1024
+# What looking for a granule's sidecar found (VirtualGranule.probe; refstore.sidecars).
+FOUND, ABSENT = "found", "absent"
 # HDF5 allows a user block before the superblock at 0, 512, 1024, 2048, ... bytes.
 _HDF5_OFFSETS = (0, 512, 1024, 2048)
 
@@ -47,6 +55,12 @@ class DatasetSpec:
     group: str = ""
     dmrpp: str = "never"  # "auto" | "never" | "always": build from <url>.dmrpp (refstore.dmrpp)
     concat_from: str = "auto"  # a file without the concat dim: refstore.concat_from
+    # Where the previous granule kept its loaded variables, ``(offset, length)``: read
+    # while its sidecar is fetched, so a sidecar-built granule costs one round trip.
+    coord_hint: tuple[tuple[int, int], ...] = ()
+    # Use the hint for a guessed <url>.dmrpp too (the collection is known to publish them);
+    # else only for a sidecar the source names, or with dmrpp = "always".
+    hint_guessed: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,8 @@ class VirtualGranule:
     fmt: str = "hdf5"  # "hdf5" or "netcdf3": how the file is read back
     origin: str = "file"  # "file" (its own metadata) or "dmrpp" (its sidecar)
     note: str | None = None  # why a sidecar was not used, if one was looked for
+    probe: str | None = None  # FOUND / ABSENT: what looking for its sidecar found; None: not looked
+    coord_ranges: tuple[tuple[int, int], ...] = ()  # its loaded chunks in the file
 
     @property
     def start(self) -> str | None:
@@ -178,21 +194,38 @@ def _sniff(data: GranuleBytes) -> str | None:
     return detect_format({o: head[o : o + 8] for o in _HDF5_OFFSETS})
 
 
-def _prefetch_loadable(
-    manifest_store: Any, data: GranuleBytes, url: str, names: Iterable[str]
-) -> None:
-    """Fetch the chunks of the variables to load in one round trip, before they decode."""
+def _loaded_ranges(manifest_store: Any, url: str, names: Iterable[str]) -> list[tuple[int, int]]:
+    """``(offset, length)`` of the chunks of ``names`` in the granule at ``url``."""
     arrays = manifest_store._group.arrays
     entries = [e for n in names if n in arrays for e in arrays[n].manifest.dict().values()]
-    data.prefetch([(int(e["offset"]), int(e["length"])) for e in entries if e["path"] == url])
+    return [(int(e["offset"]), int(e["length"])) for e in entries if e["path"] == url]
+
+
+def _hinted(data: GranuleBytes, hint: Iterable[tuple[int, int]]) -> Any:
+    """Start reading ``hint`` (widened by :data:`HINT_MARGIN` each side) in a thread."""
+    import threading
+
+    ranges = [(max(o - HINT_MARGIN, 0), n + 2 * HINT_MARGIN) for o, n in hint]
+
+    def read() -> None:
+        try:
+            data.prefetch(ranges)
+        except Exception:  # a wasted guess: the exact read follows the sidecar
+            return
+
+    thread = threading.Thread(target=read, name="refstore-coord-hint", daemon=True)
+    thread.start()
+    return thread
 
 
 def _only(manifest_store: Any, names: Iterable[str]) -> Any:
-    """A manifest store of ``names`` alone: opening it lists only what is loaded."""
+    """A manifest store of ``names`` alone (in the file's order): opening it lists only
+    what is loaded."""
     from virtualizarr.manifests import ManifestGroup, ManifestStore
 
     group = manifest_store._group
-    arrays = {n: group.arrays[n] for n in names if n in group.arrays}
+    wanted = set(names)
+    arrays = {n: a for n, a in group.arrays.items() if n in wanted}
     return ManifestStore(
         ManifestGroup(arrays=arrays, attributes=group.metadata.attributes),
         registry=manifest_store._registry,
@@ -200,7 +233,8 @@ def _only(manifest_store: Any, names: Iterable[str]) -> Any:
 
 
 def _from_sidecar(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule:
-    """The granule built from ``<url>.dmrpp``: one GET, then only its loaded variables.
+    """The granule built from its sidecar (the one its source names, else ``<url>.dmrpp``):
+    one GET, then only its loaded variables.
 
     Raises
     ------
@@ -212,15 +246,20 @@ def _from_sidecar(granule: Granule, spec: DatasetSpec, registry: Any) -> Virtual
     from refstore import dmrpp
     from refstore.fetch import GranuleBytes
 
-    text = dmrpp.fetch_sidecar(registry, granule.url)
-    if text is None:
-        raise dmrpp.SidecarError(f"no sidecar at {dmrpp.sidecar_url(granule.url)}")
+    store, path = registry.resolve(granule.url)
+    data = GranuleBytes(store, path, granule.size, block=512)  # the coordinates, near exact
+    expected = granule.sidecar is not None or spec.dmrpp == "always" or spec.hint_guessed
+    hint = spec.coord_hint if expected and granule.size else ()
+    guess = _hinted(data, hint) if hint else None  # no bytes wasted where a 404 is likely
+    try:
+        text = dmrpp.fetch_sidecar(registry, granule.url, granule.sidecar)
+    finally:
+        if guess is not None:
+            guess.join()
     group = dmrpp.manifest_group(text, granule.url, spec.group, spec.drop_variables)
     problem = dmrpp.outside(group, granule.size)
     if problem:
         raise dmrpp.SidecarError(problem)
-    store, path = registry.resolve(granule.url)
-    data = GranuleBytes(store, path, granule.size, block=4096)  # exact coordinate ranges
     reads = data.registry(registry, granule.url)
     manifest_store = ManifestStore(group, registry=reads)  # type: ignore[arg-type]
     try:
@@ -232,20 +271,21 @@ def _from_sidecar(granule: Granule, spec: DatasetSpec, registry: Any) -> Virtual
 
 def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule:
     from refstore import _compat
-    from refstore.dmrpp import SidecarError
+    from refstore.dmrpp import NoSidecar, SidecarError
 
     _compat.install()
     if spec.dmrpp == "never":
         return _parse_file(granule, spec, registry)
     try:
-        return _from_sidecar(granule, spec, registry)
+        return replace(_from_sidecar(granule, spec, registry), probe=FOUND)
     except SidecarError as e:
         if spec.dmrpp == "always":
             raise GranuleError(
                 f"{granule.key}: {e}",
                 'Publish the sidecar, or set [source] dmrpp = "auto" to fall back to the file.',
             ) from e
-        return replace(_parse_file(granule, spec, registry), note=str(e))
+        probe = ABSENT if isinstance(e, NoSidecar) else FOUND
+        return replace(_parse_file(granule, spec, registry), note=str(e), probe=probe)
 
 
 def _parse_file(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule:
@@ -365,11 +405,15 @@ def _finish(
         )
     if data is not None:
         try:
-            _prefetch_loadable(manifest_store, data, granule.url, loadable)
+            data.prefetch(_loaded_ranges(manifest_store, granule.url, loadable))
         except Exception as e:
             raise GranuleError(f"{granule.key}: cannot read loadable variables: {_short(e)}") from e
+    from refstore import _compat
+
     try:
-        ds = manifest_store.to_virtual_dataset(loadable_variables=list(loadable))
+        ds = _compat.virtual_dataset(
+            manifest_store._group, _only(manifest_store, loadable), list(loadable)
+        )
     except Exception as e:
         culprit = _culprit(manifest_store, loadable)
         what = f"variable {culprit!r}" if culprit else "its variables"
@@ -433,6 +477,7 @@ def _finish(
         signature=signature(ds, spec.concat_dim),
         values=values,
         fmt=fmt,
+        coord_ranges=tuple(_loaded_ranges(manifest_store, granule.url, loadable)),
     )
 
 

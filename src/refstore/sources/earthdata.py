@@ -73,6 +73,29 @@ def _pick(links: list[str]) -> str | None:
     return links[0] if links else None
 
 
+def _sidecar(item: dict[str, Any], link: str) -> str | None:
+    """The DMR++ sidecar the granule's ``RelatedUrls`` name for the data ``link``, if any.
+
+    UMM-G marks it ``Type: EXTENDED METADATA``, ``Subtype: DMR++`` (DAACs also list
+    ``.md5``, ``.cmr.json``, ... as extended metadata, and ``DMR++ MISSING DATA`` is
+    another file); a link whose path ends in ``.dmrpp`` counts too. One reached the same
+    way as the data (S3 for direct access, HTTPS for external) is preferred.
+    """
+    found = []
+    for r in item.get("umm", {}).get("RelatedUrls") or ():
+        url = r.get("URL") if isinstance(r, dict) else None
+        if not isinstance(url, str):
+            continue
+        subtype = str(r.get("Subtype") or "").upper()
+        if subtype == "DMR++" or (
+            urlsplit(url).path.endswith(".dmrpp") and subtype != "DMR++ MISSING DATA"
+        ):
+            found.append(url)
+    scheme = urlsplit(link).scheme
+    same = [u for u in found if urlsplit(u).scheme == scheme]
+    return next(iter(same or found), None)
+
+
 def _size(item: dict[str, Any]) -> int | None:
     infos = item.get("umm", {}).get("DataGranule", {}).get("ArchiveAndDistributionInformation")
     sizes = [i.get("SizeInBytes") for i in infos or () if isinstance(i, dict)]
@@ -262,6 +285,7 @@ class EarthdataSource:
             revision=str(meta.get("revision-id", "")),
             size=_size(item),
             modified=meta.get("revision-date"),
+            sidecar=_sidecar(item, link),
         )
 
     # -- where the login may go -------------------------------------------------------
