@@ -379,16 +379,27 @@ def export(config_path: str | None, at: str | None, fmt: str, output: str | None
 @click.option("--sample", type=int, default=10, show_default=True, help="Random chunks to read.")
 @click.option("--at", "at", help="Snapshot id, tag or ISO date/datetime (default: head).")
 @click.option("--seed", type=int, default=None, help="Seed for the chunk sample.")
+@click.option(
+    "--published",
+    type=click.Path(file_okay=False),
+    help="Folder `refstore publish` wrote (default: the export's, when published there).",
+)
 @JSON_OPTION
 def verify(
-    config_path: str | None, sample: int, at: str | None, seed: int | None, as_json: bool
+    config_path: str | None,
+    sample: int,
+    at: str | None,
+    seed: int | None,
+    published: str | None,
+    as_json: bool,
 ) -> None:
-    """Compare random chunks with the source files and every source's revision."""
+    """Compare random chunks with the source files and every source's revision, and run
+    the open code `refstore publish` wrote."""
     from refstore.errors import IntegrityError
     from refstore.verify import verify as run_verify
 
     _quiet_icechunk()
-    report = run_verify(_load(config_path), sample=sample, at=at, seed=seed)
+    report = run_verify(_load(config_path), sample=sample, at=at, seed=seed, published=published)
     if as_json:
         _echo_json(report.to_dict())
     else:
@@ -398,6 +409,10 @@ def verify(
         )
         for line in report.mismatches + report.changed + report.missing:
             click.echo(f"  {line}")
+        for title in report.published:
+            click.echo(f"  ran the published code: {title}")
+        for note in report.notes:
+            click.echo(f"  note: {note}")
     if not report.ok:
         n = len(report.mismatches) + len(report.changed) + len(report.missing)
         raise IntegrityError(f"verify found {n} problem(s) in snapshot {report.snapshot}.")
@@ -526,6 +541,30 @@ def gc_cmd(
         click.echo(f"{'would prune' if dry_run else 'pruned'} export version {p}")
     if report.oldest_available:
         click.echo(f"oldest snapshot kept {report.oldest_available}")
+
+
+@cli.command(name="publish")
+@CONFIG_OPTION
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False),
+    help="Folder to write into (default: the export's folder).",
+)
+@click.option("--umm", is_flag=True, help="Also write a UMM-C RelatedUrls entry for a DAAC.")
+@JSON_OPTION
+def publish_cmd(config_path: str | None, output: str | None, umm: bool, as_json: bool) -> None:
+    """Write a STAC Collection, OPEN.md (what to authorize, how to open), index.html and
+    coverage.png beside the export, for the store's readers."""
+    from refstore.publish import publish
+
+    report = publish(_load(config_path), output, umm=umm)
+    if as_json:
+        _echo_json(report.to_dict())
+        return
+    click.echo(f"published snapshot {report.snapshot} in {report.folder}")
+    for f in report.files:
+        click.echo(f"  wrote {f}")
 
 
 def main() -> None:
