@@ -39,7 +39,15 @@ from refstore.publish_render import (
     umm_related_urls,
 )
 
-__all__ = ["PublishReport", "check_published", "default_folder", "gather", "publish"]
+__all__ = [
+    "PublishReport",
+    "check_published",
+    "code_blocks",
+    "default_folder",
+    "gather",
+    "probe",
+    "publish",
+]
 
 STAC_FILE = "collection.json"
 PAGE_FILE = "index.html"
@@ -264,11 +272,43 @@ def publish(
 
 _PROBE = """
 import json as _json
-print("REFSTORE-PROBE " + _json.dumps({
-    "dims": {str(k): int(v) for k, v in ds.sizes.items()},
-    "vars": sorted(str(v) for v in ds.data_vars),
-}))
+import sys as _sys
+print("REFSTORE-PROBE " + _json.dumps(_probe(ds, _sys.argv[1])))
 """
+
+
+def probe(ds: Any, dim: str) -> dict[str, Any]:
+    """What a published snippet must open: dims, variables and, read through the
+    references, the NaN count and sum of each variable's last step."""
+    import numpy as np
+
+    last: dict[str, list[float]] = {}
+    for name, var in ds.data_vars.items():
+        if dim in var.dims:
+            vals = np.asarray(var.isel({dim: -1}).values)
+            if vals.dtype.kind in "fiu":
+                num = vals.astype("float64")
+                last[str(name)] = [int(np.isnan(num).sum()), float(np.nansum(num))]
+    return {
+        "dims": {str(k): int(v) for k, v in ds.sizes.items()},
+        "vars": sorted(str(v) for v in ds.data_vars),
+        "last_step": last,
+    }
+
+
+def _same(got: dict[str, Any], want: dict[str, Any]) -> bool:
+    """Same dims and variables, and last steps equal up to float32 decoding (a zarr
+    reader decodes float32 packing to float64)."""
+    import math
+
+    if got["dims"] != want["dims"] or got["vars"] != want["vars"]:
+        return False
+    if got["last_step"].keys() != want["last_step"].keys():
+        return False
+    return all(
+        g[0] == w[0] and math.isclose(g[1], w[1], rel_tol=1e-5, abs_tol=1e-6)
+        for g, w in ((got["last_step"][k], want["last_step"][k]) for k in want["last_step"])
+    )
 
 
 def code_blocks(markdown: str) -> list[tuple[str, str]]:
@@ -307,30 +347,28 @@ def check_published(
                 problems.append(f"published: {STAC_FILE} asset {name} points at missing {href}")
     except (OSError, ValueError) as e:
         problems.append(f"published: {base / STAC_FILE} cannot be read: {e}")
-    want = {
-        "dims": {str(k): int(v) for k, v in expected.sizes.items()},
-        "vars": sorted(str(v) for v in expected.data_vars),
-    }
+    want = probe(expected, config.concat_dim)
+    prelude = "from refstore.publish import probe as _probe\n"
     blocks = code_blocks(snippet_file.read_text())
     if not blocks:
         problems.append(f"published: {snippet_file} holds no Python code block")
     for title, code in blocks:
         checked.append(title)
         proc = subprocess.run(
-            [sys.executable, "-c", code + _PROBE],
+            [sys.executable, "-c", code + "\n" + prelude + _PROBE, config.concat_dim],
             cwd=base,
             capture_output=True,
             text=True,
             timeout=600,
             check=False,
         )
-        probe = [ln for ln in proc.stdout.splitlines() if ln.startswith("REFSTORE-PROBE ")]
-        if proc.returncode != 0 or not probe:
+        found = [ln for ln in proc.stdout.splitlines() if ln.startswith("REFSTORE-PROBE ")]
+        if proc.returncode != 0 or not found:
             tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
             problems.append(f"published: the {title!r} code in {snippet_file} fails: {tail}")
             continue
-        got = json.loads(probe[-1].removeprefix("REFSTORE-PROBE "))
-        if got != want:
+        got = json.loads(found[-1].removeprefix("REFSTORE-PROBE "))
+        if not _same(got, want):
             problems.append(
                 f"published: the {title!r} code in {snippet_file} opens {got}, the store "
                 f"holds {want} (run `refstore publish` again)"
