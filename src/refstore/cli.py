@@ -567,6 +567,63 @@ def publish_cmd(config_path: str | None, output: str | None, umm: bool, as_json:
         click.echo(f"  wrote {f}")
 
 
+@cli.command(name="watch")
+@CONFIG_OPTION
+@click.option(
+    "--interval", default="6h", show_default=True, help='Between runs: "6h", "30min", "1d".'
+)
+@click.option(
+    "--jitter", type=float, default=0.1, show_default=True, help="± fraction of the wait."
+)
+@click.option("--max-backoff", default="1h", show_default=True, help="Longest wait after failures.")
+@click.option(
+    "--grace",
+    default="5min",
+    show_default=True,
+    help="On stop, let a running sync finish this long.",
+)
+@click.option(
+    "--heartbeat",
+    type=click.Path(dir_okay=False),
+    help="Heartbeat JSON (default: beside the ledger).",
+)
+@click.option("--runs", type=int, help="Stop after N runs (default: run until SIGTERM/SIGINT).")
+def watch_cmd(
+    config_path: str | None,
+    interval: str,
+    jitter: float,
+    max_backoff: str,
+    grace: str,
+    heartbeat: str | None,
+    runs: int | None,
+) -> None:
+    """Sync every interval (with jitter; backing off after failures) until SIGTERM or
+    SIGINT, writing a heartbeat file with the last run's outcome."""
+    from refstore.coverage import parse_cadence
+    from refstore.watch import Watcher, WatchPolicy, sync_command
+
+    cfg = _load(config_path)  # fails now, not in the first run, on a bad configuration
+    policy = WatchPolicy(
+        interval=float(parse_cadence(interval)),
+        jitter=jitter,
+        max_backoff=float(parse_cadence(max_backoff)),
+        grace=float(parse_cadence(grace)) if grace.strip() not in ("0", "0s") else 0.0,
+    )
+    beat = Path(heartbeat) if heartbeat else Path(cfg.ledger).parent / "watch-heartbeat.json"
+    ctx = click.get_current_context()
+    path = config_path or (ctx.find_object(dict) or {}).get("config") or cfg.config_path
+    watcher = Watcher(
+        policy,
+        sync_command(path),
+        beat,
+        runs=runs,
+        say=lambda line: click.echo(line),
+    )
+    watcher.install_handlers()
+    click.echo(f"watching: sync every {interval} (±{jitter:.0%}); heartbeat {beat}")
+    sys.exit(watcher.run())
+
+
 def main() -> None:
     """Entry point: run the CLI, turning refstore errors into one line and a hint."""
     verbose = "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]
