@@ -157,7 +157,8 @@ def test_failures_back_off_and_show_in_the_heartbeat(tmp_path: Path) -> None:
     assert last["ok"] is False and last["exit_code"] not in (0, None)
     assert "incoming" in last["error"], last["error"]
     assert took >= 1 + 2  # waited 1 s, then 2 s (backing off)
-    assert proc.stdout.count(" run ") == 3
+    waits = [ln.rsplit("next in ", 1)[1] for ln in proc.stdout.splitlines() if "next in" in ln]
+    assert waits == ["1 s", "2 s"] and proc.stdout.count(" run ") == 3
 
 
 @pytest.mark.parametrize("bad", [["--interval", "0s"], ["--jitter", "1.5"]])
