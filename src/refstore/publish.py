@@ -352,19 +352,31 @@ def check_published(
     blocks = code_blocks(snippet_file.read_text())
     if not blocks:
         problems.append(f"published: {snippet_file} holds no Python code block")
-    for title, code in blocks:
-        checked.append(title)
-        proc = subprocess.run(
-            [sys.executable, "-c", code + "\n" + prelude + _PROBE, config.concat_dim],
-            cwd=base,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
+    # Each block in its own fresh interpreter, all at once (each pays its imports).
+    procs = [
+        (
+            title,
+            subprocess.Popen(
+                [sys.executable, "-c", code + "\n" + prelude + _PROBE, config.concat_dim],
+                cwd=base,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
         )
-        found = [ln for ln in proc.stdout.splitlines() if ln.startswith("REFSTORE-PROBE ")]
+        for title, code in blocks
+    ]
+    for title, proc in procs:
+        checked.append(title)
+        try:
+            stdout, stderr = proc.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        found = [ln for ln in stdout.splitlines() if ln.startswith("REFSTORE-PROBE ")]
         if proc.returncode != 0 or not found:
-            tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            tail = (stderr.strip().splitlines() or ["(no output)"])[-1]
             problems.append(f"published: the {title!r} code in {snippet_file} fails: {tail}")
             continue
         got = json.loads(found[-1].removeprefix("REFSTORE-PROBE "))
