@@ -44,6 +44,12 @@ def cli_latencies(toml: Path) -> dict[str, Any]:
     cmds = {
         "python -c pass": [py, "-c", "pass"],
         "import refstore.cli": [py, "-c", "import refstore.cli"],
+        "import numpy": [py, "-c", "import numpy"],
+        "import sqlite_utils (light)": [
+            py,
+            "-c",
+            "from refstore.clilog import import_sqlite_utils_lightly as f; f()",
+        ],
         "import icechunk": [py, "-c", "import icechunk"],
         "import xarray": [py, "-c", "import xarray"],
         "import virtualizarr": [py, "-c", "import virtualizarr"],

@@ -456,8 +456,7 @@ def ls_cmd(
     if as_json:
         click.echo(dumps(rows))
         return
-    for line in render(rows):
-        click.echo(line)
+    click.echo("\n".join(render(rows)))  # one write: click flushes after each echo
 
 
 @cli.command(name="coverage")
