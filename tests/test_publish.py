@@ -147,6 +147,12 @@ def test_every_text_on_the_page_is_escaped() -> None:
     assert "&lt;svg onload=x&gt;" in page and "a &amp; &lt;u&gt;b&lt;/u&gt;" in page
 
 
+def test_the_page_lists_the_newest_tags_only() -> None:
+    page = index_html(_facts(tags=[{"name": f"t{i}", "snapshot": "S"} for i in range(30)]))
+    assert page.count("<td>t") == 20 and "<td>t19</td>" in page and "<td>t20</td>" not in page
+    assert "and 10 older tag(s)" in page
+
+
 def test_snippets_name_credentials_never_values(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MY_DATA_TOKEN", "s3cr3t-value")
     facts = _facts(

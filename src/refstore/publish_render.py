@@ -328,8 +328,9 @@ def _table(headers: list[str], rows: list[list[str]], empty: str) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def index_html(facts: Facts, recent: int = 10) -> str:
-    """The store's page for people: one static file (plus the coverage PNG), no script."""
+def index_html(facts: Facts, recent: int = 10, tags: int = 20) -> str:
+    """The store's page for people: one static file (plus the coverage PNG), no script;
+    the ``recent`` newest snapshots and ``tags`` newest tags."""
     e = escape
     last = facts.last_snapshot or {}
     parts = [
@@ -365,7 +366,15 @@ def index_html(facts: Facts, recent: int = 10) -> str:
         ),
         "<h2>Tags</h2>",
         _table(
-            ["tag", "snapshot"], [[t["name"], t["snapshot"]] for t in facts.tags], "No tag yet."
+            ["tag", "snapshot"],
+            [[t["name"], t["snapshot"]] for t in facts.tags[:tags]],
+            "No tag yet.",
+        ),
+        (
+            f'<p class="muted">and {len(facts.tags) - tags} older tag(s) '
+            "(<code>refstore log</code> lists them).</p>"
+            if len(facts.tags) > tags
+            else ""
         ),
         "<h2>Quarantined granules</h2>",
         _table(
