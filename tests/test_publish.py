@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -113,6 +114,41 @@ def test_verify_fails_when_the_published_code_does_not_open(
     assert proc.returncode == 8, proc.stderr
     report = json.loads(proc.stdout)
     assert any("Icechunk repository" in m and "fails" in m for m in report["mismatches"])
+
+
+@pytest.mark.usefixtures("loopback_only")
+def test_published_code_opens_an_s3_store_and_export(
+    tmp_path: Path, moto: Any, ccmp_archive: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.remote_env import aws_env, bucket_name, s3_section, write_config
+
+    env = aws_env(monkeypatch, moto)
+    granules, refs = bucket_name("granules"), bucket_name("refs")
+    moto.make_bucket(granules)
+    moto.make_bucket(refs)
+    for f in ccmp_archive(2):
+        moto.upload_file(granules, f"ccmp/{f.name}", f)
+    export = f"s3://{refs}/exports/ccmp.parquet"
+    write_config(
+        tmp_path,
+        {
+            "source": s3_section(moto, url=f"s3://{granules}/ccmp/"),
+            "store": s3_section(moto, repo=f"s3://{refs}/repos/ccmp", export=export),
+        },
+    )
+    run_cli("sync", cwd=tmp_path, env=env)
+    assert run_cli("publish", cwd=tmp_path, env=env, check=False).returncode == 2  # needs -o
+    run_cli("publish", "-o", "site", cwd=tmp_path, env=env)
+    text = "".join(
+        (tmp_path / "site" / n).read_text() for n in ("OPEN.md", "index.html", "collection.json")
+    )
+    assert env["AWS_SECRET_ACCESS_KEY"] not in text and "AWS_ACCESS_KEY_ID" in text
+    report = json.loads(
+        run_cli(
+            "verify", "--json", "--sample", "1", "--published", "site", cwd=tmp_path, env=env
+        ).stdout
+    )
+    assert report["ok"] is True and len(report["published"]) == 2
 
 
 def _facts(**kw: object) -> Facts:

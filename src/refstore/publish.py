@@ -108,8 +108,11 @@ def _container(prefix: str, config: Config, options: dict[str, str]) -> Containe
     if kind == "local":
         return Container(prefix, kind, "read access to the folder (no credential)")
     if kind == "s3":
+        opts = {k: v for k, v in options.items() if v}
         if options.get("anonymous") or config.anonymous:
-            return Container(prefix, kind, "none (a public bucket, unsigned)", anonymous=True)
+            return Container(
+                prefix, kind, "none (a public bucket, unsigned)", anonymous=True, options=opts
+            )
         if source_kind == "earthdata":
             return Container(
                 prefix,
@@ -117,8 +120,9 @@ def _container(prefix: str, config: Config, options: dict[str, str]) -> Containe
                 "temporary S3 keys from the DAAC's /s3credentials endpoint for an Earthdata "
                 f"Login (${DEFAULT_TOKEN_ENV} or ~/.netrc), set as AWS_ACCESS_KEY_ID, "
                 "AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN; in AWS us-west-2 only",
+                options=opts,
             )
-        return Container(prefix, kind, _AWS_CHAIN)
+        return Container(prefix, kind, _AWS_CHAIN, options=opts)
     token = config.token_env or (DEFAULT_TOKEN_ENV if source_kind == "earthdata" else None)
     if token:
         return Container(

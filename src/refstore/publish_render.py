@@ -45,6 +45,7 @@ class Container:
     needs: str  # the credential in words (names only, never values)
     anonymous: bool = False
     token_env: str | None = None  # an HTTP bearer token's environment variable
+    options: dict[str, str] = field(default_factory=dict)  # S3: region, endpoint_url...
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +143,13 @@ def _repo_snippet(facts: Facts) -> Snippet:
     if config != "None":
         lines.append("    config=config,")
     lines.append("    authorize_virtual_chunk_access={")
-    lines += [f"        {c.prefix!r}: {_credential_expr(c)}," for c in facts.containers]
+    plain = [c for c in facts.containers if c.kind != "s3"]
+    s3 = [c for c in facts.containers if c.kind == "s3"]
+    lines += [f"        {c.prefix!r}: {_credential_expr(c)}," for c in plain]
+    if s3:  # S3 credentials are wrapped as container credentials
+        lines.append("        **icechunk.containers_credentials({")
+        lines += [f"            {c.prefix!r}: {_credential_expr(c)}," for c in s3]
+        lines.append("        }),")
     lines += ["    },", ")"]
     lines.append('ds = xr.open_zarr(repo.readonly_session("main").store, consolidated=False)')
     needs = [f"the repository: {facts.repo_needs}"]
@@ -150,6 +157,18 @@ def _repo_snippet(facts: Facts) -> Snippet:
     return Snippet(
         "Icechunk repository (time travel: readonly_session(tag=...))", needs, "\n".join(lines)
     )
+
+
+def _s3fs(options: dict[str, Any], anonymous: bool = False) -> dict[str, Any]:
+    """s3fs options for an endpoint (no key: s3fs reads the AWS credential chain)."""
+    out: dict[str, Any] = {}
+    if options.get("endpoint_url"):
+        out["endpoint_url"] = options["endpoint_url"]
+    if options.get("region"):
+        out["client_kwargs"] = {"region_name": options["region"]}
+    if anonymous or options.get("anonymous"):
+        out["anon"] = True
+    return out
 
 
 def _export_snippet(facts: Facts) -> Snippet | None:
@@ -162,16 +181,18 @@ def _export_snippet(facts: Facts) -> Snippet | None:
     fo = repr(facts.export)
     if facts.export.startswith("s3://"):
         lines += [
+            f"target = {_s3fs(facts.repo_options)!r}",
             f"export = {facts.export!r}",
-            'version = fsspec.filesystem("s3").cat_file(f"{export}/LATEST").decode().strip()',
+            'version = fsspec.filesystem("s3", **target).cat_file(f"{export}/LATEST")'
+            ".decode().strip()",
         ]
         fo = 'f"{export}/{version}/"'
-        target = ', target_protocol="s3"'
+        target = ", target_protocol='s3', target_options=target"
     remote = ""
     if protocol != "file":
-        opts: dict[str, Any] = {"asynchronous": True}
-        if protocol == "s3" and all(c.anonymous for c in facts.containers if c.kind == "s3"):
-            opts["anon"] = True
+        s3 = next((c for c in facts.containers if c.kind == "s3"), None)
+        opts: dict[str, Any] = _s3fs(s3.options, s3.anonymous) if s3 is not None else {}
+        opts["asynchronous"] = True  # zarr 3 reads through an asynchronous filesystem
         remote = f", remote_options={opts!r}, asynchronous=True"
     lines.append(
         f'fs = fsspec.filesystem("reference", fo={fo}{target}, remote_protocol="{protocol}"'
