@@ -84,7 +84,7 @@ def test_watch_lands_granules_and_stops_on_sigterm(tmp_path: Path, ccmp_archive:
     root = _store(tmp_path)
     files = ccmp_archive(2)
     shutil.copy2(files[0], root / "incoming" / files[0].name)
-    proc, marker = _start(root, "--interval", "1s", "--jitter", "0")
+    proc, marker = _start(root, "--interval", "1s", "--jitter", "0", "--publish")
     try:
         first = _until(root, proc, lambda b: (b["last_run"] or {}).get("added") == 1, 180)
         assert first["last_run"]["exit_code"] == 0 and first["pid"] == proc.pid
@@ -94,6 +94,10 @@ def test_watch_lands_granules_and_stops_on_sigterm(tmp_path: Path, ccmp_archive:
         )
         assert _steps(root) == sorted(f.name for f in files)
         assert beat["failures_in_a_row"] == 0 and beat["interval_s"] == 1
+        # --publish refreshed the page after the run that committed a snapshot
+        assert first["last_run"]["published"] is True and beat["last_run"]["published"] is True
+        stac = json.loads((root / "state" / "export" / "collection.json").read_text())
+        assert stac["refstore:last_snapshot"]["snapshot"] == beat["last_run"]["snapshots"][-1]
 
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)

@@ -587,6 +587,9 @@ def publish_cmd(config_path: str | None, output: str | None, umm: bool, as_json:
     help="Heartbeat JSON (default: beside the ledger).",
 )
 @click.option("--runs", type=int, help="Stop after N runs (default: run until SIGTERM/SIGINT).")
+@click.option(
+    "--publish", "then_publish", is_flag=True, help="`refstore publish` after each new snapshot."
+)
 def watch_cmd(
     config_path: str | None,
     interval: str,
@@ -595,11 +598,12 @@ def watch_cmd(
     grace: str,
     heartbeat: str | None,
     runs: int | None,
+    then_publish: bool,
 ) -> None:
     """Sync every interval (with jitter; backing off after failures) until SIGTERM or
     SIGINT, writing a heartbeat file with the last run's outcome."""
     from refstore.coverage import parse_cadence
-    from refstore.watch import Watcher, WatchPolicy, sync_command
+    from refstore.watch import Watcher, WatchPolicy, refstore_command, sync_command
 
     cfg = _load(config_path)  # fails now, not in the first run, on a bad configuration
     policy = WatchPolicy(
@@ -617,6 +621,7 @@ def watch_cmd(
         beat,
         runs=runs,
         say=lambda line: click.echo(line),
+        publish_argv=refstore_command(path, "publish") if then_publish else None,
     )
     watcher.install_handlers()
     click.echo(f"watching: sync every {interval} (±{jitter:.0%}); heartbeat {beat}")

@@ -31,7 +31,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunOutcome", "WatchPolicy", "Watcher", "next_delay"]
+__all__ = [
+    "RunOutcome",
+    "WatchPolicy",
+    "Watcher",
+    "next_delay",
+    "refstore_command",
+    "sync_command",
+]
 
 POLL_S = 0.2  # how often a sleep or a running sync looks at the stop flag
 
@@ -87,6 +94,7 @@ class RunOutcome:
     up_to_date: bool | None = None
     error: str | None = None
     abandoned: bool = False  # killed on stop (the next sync finishes its work)
+    published: bool | None = None  # --publish: whether the page was refreshed (None: not due)
 
     @property
     def ok(self) -> bool:
@@ -107,6 +115,7 @@ class RunOutcome:
             "up_to_date": self.up_to_date,
             "error": self.error,
             "abandoned": self.abandoned,
+            "published": self.published,
         }
 
 
@@ -135,6 +144,9 @@ class Watcher:
         Stop after this many runs (None: until a signal).
     say
         Where one line per run goes.
+    publish_argv
+        Run after each sync that committed a snapshot (and after the first good run),
+        e.g. ``refstore publish``; its failure is reported, the sync's outcome stands.
     """
 
     def __init__(
@@ -146,6 +158,7 @@ class Watcher:
         runs: int | None = None,
         rnd: random.Random | None = None,
         say: Callable[[str], None] = print,
+        publish_argv: Sequence[str] | None = None,
     ) -> None:
         self.policy = policy
         self.sync_argv = list(sync_argv)
@@ -158,6 +171,8 @@ class Watcher:
         self.failures = 0
         self.started_at = _now()
         self.last: RunOutcome | None = None
+        self.publish_argv = list(publish_argv) if publish_argv else None
+        self.published_once = False
 
     # -- signals ----------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -198,12 +213,11 @@ class Watcher:
             raise
 
     # -- one run ----------------------------------------------------------------------
-    def run_once(self) -> RunOutcome:
-        """One sync in a child process; let it finish on a stop request, within grace."""
-        out = RunOutcome(started_at=_now())
-        t0 = time.monotonic()
+    def _child(self, argv: Sequence[str]) -> tuple[int, str, str, bool]:
+        """Run ``argv``; on a stop request let it finish within grace, then kill it.
+        Returns (exit code, stdout, stderr, abandoned)."""
         proc = subprocess.Popen(
-            self.sync_argv,
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -215,26 +229,37 @@ class Watcher:
         while True:
             try:
                 stdout, stderr = proc.communicate(timeout=POLL_S)
-                break
+                return proc.returncode, stdout, stderr, False
             except subprocess.TimeoutExpired:
                 if self.stop_requested and stop_seen_at is None:
                     stop_seen_at = time.monotonic()
                     grace = self.policy.grace
-                    self.say(
-                        f"stop requested: letting the running sync finish ({grace:g} s at most)"
-                    )
+                    what = "publish" if "publish" in argv else "sync"
+                    self.say(f"stop requested: the running {what} may finish ({grace:g} s at most)")
                 late = stop_seen_at is not None and (
                     time.monotonic() - stop_seen_at > self.policy.grace
                 )
                 if self.stop_requested > 1 or late:
                     proc.kill()  # crash-safe: the next sync finishes what this one began
                     stdout, stderr = proc.communicate()
-                    out.abandoned = True
-                    break
-        out.exit_code = proc.returncode
+                    return proc.returncode, stdout, stderr, True
+
+    def run_once(self) -> RunOutcome:
+        """One sync in a child process (then publish, if asked and something landed)."""
+        out = RunOutcome(started_at=_now())
+        t0 = time.monotonic()
+        out.exit_code, stdout, stderr, out.abandoned = self._child(self.sync_argv)
         out.seconds = time.monotonic() - t0
         out.finished_at = _now()
         self._read(out, stdout, stderr)
+        due = out.ok and (out.snapshots or not self.published_once)
+        if self.publish_argv and due and not out.abandoned:
+            code, _, perr, killed = self._child(self.publish_argv)
+            out.published = code == 0 and not killed
+            self.published_once = self.published_once or out.published
+            if not out.published:
+                lines = [ln.strip() for ln in perr.splitlines() if ln.strip()]
+                out.error = "publish failed: " + " ".join(lines[-2:] or [f"exit {code}"])
         return out
 
     @staticmethod
@@ -293,9 +318,14 @@ class Watcher:
         return 0
 
 
-def sync_command(config_path: str | None, extra: Sequence[str] = ()) -> list[str]:
-    """The argv of one run: this interpreter's refstore, ``sync --json``."""
+def refstore_command(config_path: str | None, *args: str) -> list[str]:
+    """The argv of a refstore command with this interpreter (and the config file)."""
     argv = [sys.executable, "-m", "refstore"]
     if config_path:
         argv += ["--config", str(Path(config_path).resolve())]
-    return [*argv, "sync", "--json", "--no-progress", *extra]
+    return [*argv, *args]
+
+
+def sync_command(config_path: str | None, extra: Sequence[str] = ()) -> list[str]:
+    """The argv of one run: ``refstore sync --json``."""
+    return refstore_command(config_path, "sync", "--json", "--no-progress", *extra)
