@@ -51,3 +51,27 @@ def test_ls_of_an_empty_ledger(make_config, tmp_path: Path) -> None:
         "snapshot",
         "reason",
     ]
+
+
+def test_ls_values_as_text_equal_the_numpy_conversion() -> None:
+    import json
+
+    import numpy as np
+
+    from refstore.admit import placed_value, to_json_value
+    from refstore.listing import _value
+    from refstore.virtualize import format_value
+
+    values = [
+        np.datetime64("2024-01-01T06:00", "ns"),
+        np.datetime64("1969-12-31T23:59:59.5", "ns"),
+        np.datetime64("1900-02-28T12:00:00.123456789", "ns"),
+        np.datetime64("2262-04-11T23:47:16", "ns"),
+        np.int64(17),
+        2.5,
+        "orbit-0001",
+    ]
+    for v in values:
+        text = json.dumps(to_json_value(v))
+        assert _value(text) == format_value(placed_value(text)), text
+    assert _value(None) is None and _value("") is None
