@@ -714,6 +714,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--granules", type=int, default=10_000, help="Store size for --only cli.")
     parser.add_argument("--snapshots", type=int, default=500, help="Snapshots for --only gc.")
     parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="--only cli: also time another checkout's src (e.g. main), runs interleaved.",
+    )
+    parser.add_argument(
         "--budget-only", action="store_true", help="Only the request budget (RB); JSON to --out."
     )
     args = parser.parse_args(argv)
@@ -732,7 +737,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         import bench_ops
 
         bench_ops.run(
-            args.only, args.work or args.out / "work", args.out, args.granules, args.snapshots
+            args.only,
+            args.work or args.out / "work",
+            args.out,
+            args.granules,
+            args.snapshots,
+            args.baseline_src,
         )
         return 0
     sizes = sorted(args.sizes or ((100, 500) if args.quick else (100, 1000, 10_000)))

@@ -36,14 +36,39 @@ def _median(args: Sequence[str], cwd: Path) -> dict[str, Any]:
     return {"median_s": round(statistics.median(runs), 3), "runs": [round(r, 3) for r in runs]}
 
 
-def cli_latencies(toml: Path) -> dict[str, Any]:
-    """Whole-process latencies (see the module doc)."""
+def _side_by_side(args: Sequence[str], cwd: Path, baseline: dict[str, str]) -> dict[str, Any]:
+    """This code and the baseline's, runs interleaved (the load hits both alike)."""
+    now, before = [], []
+    for _ in range(RUNS):
+        now.append(_wall(args, cwd))
+        before.append(_wall(args, cwd, baseline))
+    m_now, m_before = statistics.median(now), statistics.median(before)
+    return {
+        "median_s": round(m_now, 3),
+        "runs": [round(r, 3) for r in now],
+        "baseline_median_s": round(m_before, 3),
+        "baseline_runs": [round(r, 3) for r in before],
+        "vs_baseline": round(m_now / m_before, 3) if m_before else None,
+    }
+
+
+def cli_latencies(toml: Path, baseline_src: Path | None = None) -> dict[str, Any]:
+    """Whole-process latencies (see the module doc); with ``baseline_src`` (another
+    checkout's ``src``, e.g. ``git archive main src``) each command also runs on that
+    code, interleaved, through ``PYTHONPATH``."""
     exe = str(Path(sys.executable).with_name("refstore"))
     py = sys.executable
     cwd = toml.parent
+    base = [py, "-c", "pass"]
     cmds = {
-        "python -c pass": [py, "-c", "pass"],
+        "python -c pass": base,
         "import refstore.cli": [py, "-c", "import refstore.cli"],
+        "import numpy": [py, "-c", "import numpy"],
+        "import sqlite_utils (light)": [
+            py,
+            "-c",
+            "from refstore.clilog import import_sqlite_utils_lightly as f; f()",
+        ],
         "import icechunk": [py, "-c", "import icechunk"],
         "import xarray": [py, "-c", "import xarray"],
         "import virtualizarr": [py, "-c", "import virtualizarr"],
@@ -53,7 +78,20 @@ def cli_latencies(toml: Path) -> dict[str, Any]:
         "refstore ls": [exe, "-c", str(toml), "ls"],
         "refstore sync (no-op)": [exe, "-c", str(toml), "sync", "--executor", "serial"],
     }
-    return {name: _median(args, cwd) for name, args in cmds.items()}
+    if baseline_src is None:
+        out = {name: _median(args, cwd) for name, args in cmds.items()}
+    else:
+        env = {**os.environ, "PYTHONPATH": str(baseline_src.resolve())}
+        out = {
+            name: _side_by_side(args, cwd, env)
+            if name.startswith("refstore") or "refstore" in " ".join(args[2:3])
+            else _median(args, cwd)
+            for name, args in cmds.items()
+        }
+    floor = out["python -c pass"]["median_s"]
+    for row in out.values():
+        row["vs_python_pass"] = round(row["median_s"] / floor, 1) if floor else None
+    return out
 
 
 def _disk(path: Path) -> tuple[int, int]:
@@ -146,7 +184,9 @@ def gc_figures(work: Path, snapshots: int) -> dict[str, Any]:
     }
 
 
-def run(only: str, work: Path, out: Path, n: int, snapshots: int) -> dict[str, Any]:
+def run(
+    only: str, work: Path, out: Path, n: int, snapshots: int, baseline_src: Path | None = None
+) -> dict[str, Any]:
     """One section; writes ``<out>/latest-<only>.json``."""
     work, out = work.resolve(), out.resolve()
     report: dict[str, Any] = {"when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
@@ -159,7 +199,7 @@ def run(only: str, work: Path, out: Path, n: int, snapshots: int) -> dict[str, A
             link_source(files, source)
             first_sync(state, source, 1000)
         toml = write_toml(state, source)
-        report |= {"granules": n, "latency": cli_latencies(toml)}
+        report |= {"granules": n, "latency": cli_latencies(toml, baseline_src)}
     else:
         report |= {"gc": gc_figures(work, snapshots)}
     out.mkdir(parents=True, exist_ok=True)

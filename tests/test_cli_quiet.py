@@ -32,6 +32,19 @@ def test_sqlite_utils_without_pandas_then_pandas_still_imports(tmp_path: Path) -
     assert out.stdout.strip() == "ok", out.stderr
 
 
+def test_opening_the_ledger_scans_no_plugin_entry_points(tmp_path: Path) -> None:
+    # sqlite-utils looks up plugins through every installed package's entry points
+    # unless told not to: a fixed cost of each command that opens the ledger.
+    code = (
+        "import sys; from refstore.ledger import Ledger; "
+        f"Ledger({str(tmp_path / 'l.db')!r}).close(); "
+        f"Ledger({str(tmp_path / 'l.db')!r}, readonly=True).close(); "
+        "import sqlite_utils.plugins as p; print(p._plugins_loaded)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
 def test_known_warnings_are_filtered_unless_verbose() -> None:
     code = (
         "import warnings; from refstore.clilog import configure; "

@@ -51,3 +51,64 @@ def test_ls_of_an_empty_ledger(make_config, tmp_path: Path) -> None:
         "snapshot",
         "reason",
     ]
+
+
+def test_ls_values_as_text_equal_the_numpy_conversion() -> None:
+    import json
+
+    import numpy as np
+
+    from refstore.admit import placed_value, to_json_value
+    from refstore.listing import _value
+    from refstore.virtualize import format_value
+
+    values = [
+        np.datetime64("2024-01-01T06:00", "ns"),
+        np.datetime64("1969-12-31T23:59:59.5", "ns"),
+        np.datetime64("1900-02-28T12:00:00.123456789", "ns"),
+        np.datetime64("2262-04-11T23:47:16", "ns"),
+        np.int64(17),
+        2.5,
+        "orbit-0001",
+    ]
+    for v in values:
+        text = json.dumps(to_json_value(v))
+        assert _value(text) == format_value(placed_value(text)), text
+    assert _value(None) is None and _value("") is None
+
+
+def test_status_gaps_from_placements_as_planted() -> None:
+    import json
+
+    import numpy as np
+
+    from refstore.admit import order_key, placed_value, to_json_value
+    from refstore.models import Placement
+    from refstore.status import _order_keys, coverage_gaps
+
+    def placements(values: list[tuple[object, object]]) -> list[Placement]:
+        return [
+            Placement(
+                key=f"g{i}",
+                revision="r",
+                url="u",
+                offset=4 * i,
+                length=4,
+                first=json.dumps(to_json_value(a)),
+                last=json.dumps(to_json_value(b)),
+            )
+            for i, (a, b) in enumerate(values)
+        ]
+
+    days = np.arange("1969-12-01", "1970-02-01", dtype="datetime64[D]")
+    kept = [d for i, d in enumerate(days) if i not in (3, 40, 41)]  # planted: 1 day, 2 days
+    six = np.timedelta64(18, "h")
+    ps = placements([(np.datetime64(d, "ns"), np.datetime64(d, "ns") + six) for d in kept])
+    assert coverage_gaps(ps) == [
+        {"after": f"{days[2]}T18:00:00", "before": f"{days[4]}T00:00:00"},
+        {"after": f"{days[39]}T18:00:00", "before": f"{days[42]}T00:00:00"},
+    ]
+    texts = [p.first for p in ps if p.first]
+    assert _order_keys(texts) == [order_key(placed_value(t)) for t in texts]
+    numbers = placements([(0, 3), (4, 7), (12, 15), (16, 19)])  # not datetimes: one gap
+    assert coverage_gaps(numbers) == [{"after": "7", "before": "12"}]

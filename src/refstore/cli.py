@@ -388,16 +388,27 @@ def export(config_path: str | None, at: str | None, fmt: str, output: str | None
 @click.option("--sample", type=int, default=10, show_default=True, help="Random chunks to read.")
 @click.option("--at", "at", help="Snapshot id, tag or ISO date/datetime (default: head).")
 @click.option("--seed", type=int, default=None, help="Seed for the chunk sample.")
+@click.option(
+    "--published",
+    type=click.Path(file_okay=False),
+    help="Folder `refstore publish` wrote (default: the export's, when published there).",
+)
 @JSON_OPTION
 def verify(
-    config_path: str | None, sample: int, at: str | None, seed: int | None, as_json: bool
+    config_path: str | None,
+    sample: int,
+    at: str | None,
+    seed: int | None,
+    published: str | None,
+    as_json: bool,
 ) -> None:
-    """Compare random chunks with the source files and every source's revision."""
+    """Compare random chunks with the source files and every source's revision, and run
+    the open code `refstore publish` wrote."""
     from refstore.errors import IntegrityError
     from refstore.verify import verify as run_verify
 
     _quiet_icechunk()
-    report = run_verify(_load(config_path), sample=sample, at=at, seed=seed)
+    report = run_verify(_load(config_path), sample=sample, at=at, seed=seed, published=published)
     if as_json:
         _echo_json(report.to_dict())
     else:
@@ -407,6 +418,10 @@ def verify(
         )
         for line in report.mismatches + report.changed + report.missing:
             click.echo(f"  {line}")
+        for title in report.published:
+            click.echo(f"  ran the published code: {title}")
+        for note in report.notes:
+            click.echo(f"  note: {note}")
     if not report.ok:
         n = len(report.mismatches) + len(report.changed) + len(report.missing)
         raise IntegrityError(f"verify found {n} problem(s) in snapshot {report.snapshot}.")
@@ -450,8 +465,7 @@ def ls_cmd(
     if as_json:
         click.echo(dumps(rows))
         return
-    for line in render(rows):
-        click.echo(line)
+    click.echo("\n".join(render(rows)))  # one write: click flushes after each echo
 
 
 @cli.command(name="coverage")
@@ -535,6 +549,92 @@ def gc_cmd(
         click.echo(f"{'would prune' if dry_run else 'pruned'} export version {p}")
     if report.oldest_available:
         click.echo(f"oldest snapshot kept {report.oldest_available}")
+
+
+@cli.command(name="publish")
+@CONFIG_OPTION
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False),
+    help="Folder to write into (default: the export's folder).",
+)
+@click.option("--umm", is_flag=True, help="Also write a UMM-C RelatedUrls entry for a DAAC.")
+@JSON_OPTION
+def publish_cmd(config_path: str | None, output: str | None, umm: bool, as_json: bool) -> None:
+    """Write a STAC Collection, OPEN.md (what to authorize, how to open), index.html and
+    coverage.png beside the export, for the store's readers."""
+    from refstore.publish import publish
+
+    report = publish(_load(config_path), output, umm=umm)
+    if as_json:
+        _echo_json(report.to_dict())
+        return
+    click.echo(f"published snapshot {report.snapshot} in {report.folder}")
+    for f in report.files:
+        click.echo(f"  wrote {f}")
+
+
+@cli.command(name="watch")
+@CONFIG_OPTION
+@click.option(
+    "--interval", default="6h", show_default=True, help='Between runs: "6h", "30min", "1d".'
+)
+@click.option(
+    "--jitter", type=float, default=0.1, show_default=True, help="± fraction of the wait."
+)
+@click.option("--max-backoff", default="1h", show_default=True, help="Longest wait after failures.")
+@click.option(
+    "--grace",
+    default="5min",
+    show_default=True,
+    help="On stop, let a running sync finish this long.",
+)
+@click.option(
+    "--heartbeat",
+    type=click.Path(dir_okay=False),
+    help="Heartbeat JSON (default: beside the ledger).",
+)
+@click.option("--runs", type=int, help="Stop after N runs (default: run until SIGTERM/SIGINT).")
+@click.option(
+    "--publish", "then_publish", is_flag=True, help="`refstore publish` after each new snapshot."
+)
+def watch_cmd(
+    config_path: str | None,
+    interval: str,
+    jitter: float,
+    max_backoff: str,
+    grace: str,
+    heartbeat: str | None,
+    runs: int | None,
+    then_publish: bool,
+) -> None:
+    """Sync every interval (with jitter; backing off after failures) until SIGTERM or
+    SIGINT, writing a heartbeat file with the last run's outcome."""
+    from refstore.coverage import parse_cadence
+    from refstore.watch import Watcher, WatchPolicy, refstore_command, sync_command
+
+    cfg = _load(config_path)  # fails now, not in the first run, on a bad configuration
+    policy = WatchPolicy(
+        interval=float(parse_cadence(interval)),
+        jitter=jitter,
+        max_backoff=float(parse_cadence(max_backoff)),
+        grace=float(parse_cadence(grace)) if grace.strip() not in ("0", "0s") else 0.0,
+    )
+    beat = Path(heartbeat) if heartbeat else Path(cfg.ledger).parent / "watch-heartbeat.json"
+    ctx = click.get_current_context()
+    path = config_path or (ctx.find_object(dict) or {}).get("config") or cfg.config_path
+    watcher = Watcher(
+        policy,
+        sync_command(path),
+        beat,
+        runs=runs,
+        say=lambda line: click.echo(line),
+        publish_argv=refstore_command(path, "publish") if then_publish else None,
+    )
+    watcher.install_handlers()
+    click.echo(f"watching: sync every {interval} (±{jitter:.0%}); heartbeat {beat}")
+    sys.exit(watcher.run())
 
 
 def main() -> None:

@@ -164,6 +164,8 @@ class Ledger:
     """
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+        # execute_plugins=False: refstore uses no sqlite-utils plugin, and looking them up
+        # scans every installed package's entry points (~0.07 s of each CLI command).
         import sqlite_utils
 
         self.path = Path(path)
@@ -172,19 +174,19 @@ class Ledger:
         try:
             if readonly:
                 conn = _connect_readonly(self.path)
-                self.db = sqlite_utils.Database(conn)
+                self.db = sqlite_utils.Database(conn, execute_plugins=False)
                 if self._pending():
                     # Missing or older than this refstore: read a migrated copy in memory.
                     memory = sqlite3.connect(":memory:", isolation_level=None)
                     conn.backup(memory)
                     conn.close()
                     conn = memory
-                    self.db = sqlite_utils.Database(conn)
+                    self.db = sqlite_utils.Database(conn, execute_plugins=False)
                     self._migrate()
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
-                self.db = sqlite_utils.Database(conn)
+                self.db = sqlite_utils.Database(conn, execute_plugins=False)
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self._migrate()

@@ -7,6 +7,7 @@ on a read-only store or state folder.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -42,6 +43,21 @@ def find_gaps(values: Any) -> list[tuple[str | None, str | None]]:
     ]
 
 
+_DATETIME_NS = re.compile(r'\{"datetime64": "([0-9T:.-]+)"\}')
+
+
+def _order_keys(texts: Sequence[str]) -> list[Any]:
+    """Placement JSON texts as comparable numbers (datetimes: int ns), parsed at once
+    when they are all datetimes (10,000 granules: one numpy call, not 10,000)."""
+    import numpy as np
+
+    found = [_DATETIME_NS.fullmatch(t) for t in texts]
+    if all(found):
+        iso = np.array([m[1] for m in found if m], dtype="datetime64[ns]")
+        return [int(x) for x in iso.astype(np.int64)]
+    return [order_key(placed_value(t)) for t in texts]
+
+
 def coverage_gaps(placements: Sequence[Placement]) -> list[dict[str, str | None]]:
     """Gaps between the granules in the store, from their recorded first/last values.
 
@@ -50,21 +66,22 @@ def coverage_gaps(placements: Sequence[Placement]) -> list[dict[str, str | None]
     """
     import numpy as np
 
-    spans = [
-        (placed_value(p.first), placed_value(p.last), p.length)
-        for p in placements
-        if p.first and p.last
-    ]
+    spans = [(p.first, p.last, p.length) for p in placements if p.first and p.last]
     if len(spans) < 2:
         return []
-    keys = [(order_key(a), order_key(b), n) for a, b, n in spans]
+    firsts = _order_keys([a for a, _, _ in spans])
+    lasts = _order_keys([b for _, b, _ in spans])
+    keys = [(a, b, n) for a, b, (_, _, n) in zip(firsts, lasts, spans, strict=True)]
     inner = [(b - a) / (n - 1) for a, b, n in keys if n > 1]
     between = [keys[i + 1][0] - keys[i][1] for i in range(len(keys) - 1)]
     usual = float(np.median(inner)) if inner else float(np.median(between))
     if usual <= 0:
         return []
     return [
-        {"after": format_value(spans[i][1]), "before": format_value(spans[i + 1][0])}
+        {
+            "after": format_value(placed_value(spans[i][1])),
+            "before": format_value(placed_value(spans[i + 1][0])),
+        }
         for i, step in enumerate(between)
         if step > 1.5 * usual
     ]

@@ -36,6 +36,8 @@ class VerifyReport:
     changed: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     nan_fraction: dict[str, float] = field(default_factory=dict)  # per variable, decoded
+    published: list[str] = field(default_factory=list)  # publish's open snippets that ran
+    notes: list[str] = field(default_factory=list)  # worth knowing, not a difference
 
     @property
     def ok(self) -> bool:
@@ -53,6 +55,8 @@ class VerifyReport:
             "changed": self.changed,
             "missing": self.missing,
             "nan_fraction": self.nan_fraction,
+            "published": self.published,
+            "notes": self.notes,
         }
 
 
@@ -82,9 +86,18 @@ def _open_source(source: Any, url: str, **kwargs: Any) -> Any:
 
 
 def verify(
-    config: Config, *, sample: int = 10, at: str | None = None, seed: int | None = None
+    config: Config,
+    *,
+    sample: int = 10,
+    at: str | None = None,
+    seed: int | None = None,
+    published: str | None = None,
 ) -> VerifyReport:
     """Compare ``sample`` random chunks and every source revision; see the module doc.
+
+    What ``refstore publish`` wrote (in ``published``, default: beside the export, when
+    it is there) is checked at the head: its open code runs in fresh interpreters and
+    must open what the repository holds.
 
     Raises
     ------
@@ -133,6 +146,7 @@ def verify(
     served["repository"] = store.open_dataset(snapshot)
     if at is None or snapshot == store.head_snapshot():
         served.update(_export(config, served["repository"], report))
+        _published(config, published, served["repository"], snapshot, report)
     ds = served["repository (raw)"]
     dim = config.concat_dim
     names = [str(n) for n, v in ds.data_vars.items() if dim in v.dims]
@@ -175,6 +189,41 @@ def verify(
         report.chunks_checked += 1
     report.nan_fraction = {n: round(c[0] / c[1], 6) for n, c in sorted(nans.items()) if c[1]}
     return report
+
+
+def _published(
+    config: Config, folder: str | None, head: Any, snapshot: str, report: VerifyReport
+) -> None:
+    """Run what ``refstore publish`` wrote (see :func:`refstore.publish.check_published`)."""
+    import json
+    from pathlib import Path
+
+    from refstore.errors import ConfigError
+    from refstore.publish import STAC_FILE, check_published, default_folder
+    from refstore.publish_render import SNIPPET_FILE
+
+    if folder is None:
+        try:
+            where = default_folder(config)
+        except ConfigError:
+            return
+        if not (where / SNIPPET_FILE).exists():
+            return  # never published here
+    else:
+        where = Path(folder)
+    checked, problems = check_published(config, where, head)
+    report.published = checked
+    report.mismatches += problems
+    try:
+        stac = json.loads((where / STAC_FILE).read_text())
+        seen = (stac.get("refstore:last_snapshot") or {}).get("snapshot")
+    except (OSError, ValueError):
+        return
+    if seen != snapshot:
+        report.notes.append(
+            f"published: {where / STAC_FILE} describes snapshot {seen}, the head is "
+            f"{snapshot}; run `refstore publish` to refresh the page"
+        )
 
 
 def _export(config: Config, repo: Any, report: VerifyReport) -> dict[str, Any]:
