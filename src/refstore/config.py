@@ -82,6 +82,7 @@ class Config:
     executor: str = "auto"
     workers: int | None = None
     dask_address: str | None = None
+    commit_retries: int = 10  # commit races lost to other writers before giving up
     root: str = "."
     config_path: str | None = None
     # Remote sources (see sources/s3.py, https.py, earthdata.py). No secrets here.
@@ -151,6 +152,11 @@ class Config:
                 f"[sync] batch_size must be at least 1, got {self.batch_size}.",
                 "Set batch_size to the number of granules per commit, e.g. 1000.",
             )
+        if self.commit_retries < 0:
+            raise ConfigError(
+                f"[sync] commit_retries must not be negative, got {self.commit_retries}.",
+                "Set commit_retries to how many lost commit races to retry, e.g. 10.",
+            )
         if self.executor not in EXECUTORS:
             raise ConfigError(
                 f"[sync] executor must be one of {', '.join(EXECUTORS)}; got {self.executor!r}.",
@@ -218,6 +224,7 @@ _SCHEMA: dict[tuple[str, str], tuple[str, type]] = {
     ("sync", "executor"): ("executor", str),
     ("sync", "workers"): ("workers", int),
     ("sync", "dask_address"): ("dask_address", str),
+    ("sync", "commit_retries"): ("commit_retries", int),
     ("maintenance", "keep_last"): ("keep_last", int),
     ("maintenance", "keep_days"): ("keep_days", float),
     ("maintenance", "export_grace_hours"): ("export_grace_hours", float),
