@@ -9,8 +9,13 @@ commit injected at the exact moment between planning and committing) and through
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
@@ -188,3 +193,134 @@ def test_gives_up_after_commit_retries_with_a_clear_error(
     # The next run (no rival) places it once.
     assert refstore.sync(b).added == (mine[0].name,)
     assert max(_history_keys(b).values()) == 1 and len(files) == 2
+
+
+# -- through the CLI: N writer processes, arrivals while they run, random kills ------------------
+def _start(folder: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """``refstore sync --json`` in its own process group (as a separate host runs it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "refstore", "sync", "--json", "--no-progress"],
+        cwd=folder,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def _round(
+    folders: list[Path],
+    env: dict[str, str],
+    rng: random.Random,
+    *,
+    kill: bool,
+    fault: int | None = None,
+    arrive: Callable[[], None] | None = None,
+) -> list[str]:
+    """Run one sync per writer at once; optionally SIGKILL one at a random moment, let
+    granules ``arrive`` while they run. Returns what happened to each writer."""
+    procs: list[subprocess.Popen[str]] = []
+    for i, folder in enumerate(folders):
+        time.sleep(rng.uniform(0, 0.3))
+        extra = {"REFSTORE_FAULT": "after-commit"} if i == fault else {}
+        procs.append(_start(folder, {**env, **extra}))
+    victim = rng.randrange(len(procs)) if kill else None
+    kill_at = time.monotonic() + rng.uniform(0.5, 6.0)
+    arrived = arrive is None
+    outcomes: list[str] = []
+    while any(p.poll() is None for p in procs):
+        if not arrived and time.monotonic() > kill_at - 2.0:
+            arrive()  # type: ignore[misc]
+            arrived = True
+        if victim is not None and time.monotonic() > kill_at:
+            if procs[victim].poll() is None:
+                os.killpg(procs[victim].pid, signal.SIGKILL)
+            victim = None
+        time.sleep(0.05)
+    if not arrived:
+        arrive()  # type: ignore[misc]
+    for i, p in enumerate(procs):
+        out, err = p.communicate(timeout=60)
+        if p.returncode == 0:
+            got = json.loads(out)
+            outcomes.append(
+                f"w{i}: +{len(got['added'])} lost {got['conflicts']} race(s), "
+                f"{len(got['placed_elsewhere'])} placed by others"
+            )
+        elif p.returncode == -signal.SIGKILL:
+            outcomes.append(f"w{i}: killed")
+        else:
+            raise AssertionError(f"writer {i} failed ({p.returncode}):\n{out}\n{err}")
+    return outcomes
+
+
+def _writers_trial(
+    tmp_path: Path, s3: MotoS3Server, rng: random.Random, *, writers: int, days: int
+) -> list[str]:
+    """Granules arrive in three waves while ``writers`` sync at once (round 1: one writer
+    dies right after a commit, another at a random moment; round 2: a random kill; round
+    3: every writer and a new machine settle), then every writer syncs once more in
+    process. Checks the head holds every granule once in sorted place and that every
+    ledger equals the history."""
+    bucket = bucket_name("writers")
+    s3.make_bucket(bucket)
+    repo = f"s3://{bucket}/repo"
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    files = write_ccmp_like_series(tmp_path / "archive", datetime(2024, 1, 1), days, **SMALL)
+    waves = [files[i::3] for i in range(3)]  # each wave spans the period: late ones too
+    for f in waves[0]:
+        os.link(f, incoming / f.name)
+
+    def wave(n: int) -> Callable[[], None]:
+        return lambda: [os.link(f, incoming / f.name) for f in waves[n]] and None
+
+    configs = [
+        _writer_config(tmp_path / f"w{i}", s3, repo, incoming, batch_size=2) for i in range(writers)
+    ]
+    folders = [tmp_path / f"w{i}" for i in range(writers)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFSTORE_")}
+    log = [f"round 1: {_round(folders, env, rng, kill=True, fault=0, arrive=wave(1))}"]
+    log.append(f"round 2: {_round(folders, env, rng, kill=True, arrive=wave(2))}")
+    newcomer = _writer_config(tmp_path / "new", s3, repo, incoming, batch_size=2)
+    log.append(f"round 3: {_round([*folders, tmp_path / 'new'], env, rng, kill=False)}")
+    configs.append(newcomer)
+    for config in configs:  # one more sync each: nothing left to add anywhere
+        assert refstore.sync(config).added == (), log
+
+    expected = direct_read(files)
+    assert_same_values(refstore.open_dataset(newcomer).load(), expected)
+    names = [f.name for f in files]  # name order is time order
+    views = []
+    for config in configs:
+        with Ledger(config.ledger) as ledger:
+            rows = ledger.rows()
+        assert sorted(rows) == names, (config.ledger, log)
+        assert all(r.status is Status.COMMITTED for r in rows.values()), (config.ledger, log)
+        views.append([(k, rows[k].offset, rows[k].placed_revision) for k in names])
+    assert [offset for _, offset, _ in views[-1]] == [4 * i for i in range(days)], log
+    assert all(v == views[-1] for v in views), log
+    assert_same_values(refstore.open_dataset(configs[0], source="export").load(), expected)
+    return log
+
+
+def test_three_writers_through_the_cli_every_granule_once(
+    tmp_path: Path, moto: MotoS3Server, s3_repo: str
+) -> None:
+    seed = random.randrange(1 << 30)
+    log = _writers_trial(tmp_path, moto, random.Random(seed), writers=3, days=9)
+    print(f"seed {seed}", *log, sep="\n")
+
+
+@pytest.mark.slow
+def test_writers_soak(tmp_path: Path, moto: MotoS3Server, s3_repo: str) -> None:
+    """Randomized: ``REFSTORE_WRITERS_TRIALS`` trials (default 5) of 4 writers, 18 days."""
+    for trial in range(int(os.environ.get("REFSTORE_WRITERS_TRIALS", "5"))):
+        seed = random.randrange(1 << 30)
+        folder = tmp_path / f"trial{trial}"
+        folder.mkdir()
+        try:
+            _writers_trial(folder, moto, random.Random(seed), writers=4, days=18)
+        except AssertionError as e:
+            raise AssertionError(f"trial {trial} (seed {seed}) failed: {e}") from e

@@ -126,6 +126,7 @@ class _Run:
     end: str | None = None
     pool: Executor | None = None  # opened once per run, reused by every batch
     conflicts: int = 0  # commit races lost to other writers (each retried)
+    placed_elsewhere: list[str] = field(default_factory=list)  # by another writer first
 
     @property
     def spec(self) -> DatasetSpec:
@@ -214,6 +215,7 @@ class _Run:
         rest = still_to_place(
             [vg.granule for vg in granules], {k: r for k, r in rows.items() if r is not None}
         )
+        self.placed_elsewhere += rest.placed_by_others
         if rest.placed_by_others:
             log.info(
                 "%d granule(s) already placed by another writer: %s",
@@ -660,4 +662,6 @@ def sync(
         timings=run.timings,
         warnings=tuple(run.warnings),
         tag_refused=tag_refused,
+        conflicts=run.conflicts,
+        placed_elsewhere=tuple(run.placed_elsewhere),
     )
