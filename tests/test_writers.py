@@ -227,19 +227,18 @@ def _round(
         procs.append(_start(folder, {**env, **extra}))
     victim = rng.randrange(len(procs)) if kill else None
     kill_at = time.monotonic() + rng.uniform(0.5, 6.0)
-    arrived = arrive is None
+    pending = [arrive] if arrive is not None else []
     outcomes: list[str] = []
     while any(p.poll() is None for p in procs):
-        if not arrived and time.monotonic() > kill_at - 2.0:
-            arrive()  # type: ignore[misc]
-            arrived = True
+        if pending and time.monotonic() > kill_at - 2.0:
+            pending.pop()()
         if victim is not None and time.monotonic() > kill_at:
             if procs[victim].poll() is None:
                 os.killpg(procs[victim].pid, signal.SIGKILL)
             victim = None
         time.sleep(0.05)
-    if not arrived:
-        arrive()  # type: ignore[misc]
+    if pending:
+        pending.pop()()
     for i, p in enumerate(procs):
         out, err = p.communicate(timeout=60)
         if p.returncode == 0:
@@ -274,7 +273,11 @@ def _writers_trial(
         os.link(f, incoming / f.name)
 
     def wave(n: int) -> Callable[[], None]:
-        return lambda: [os.link(f, incoming / f.name) for f in waves[n]] and None
+        def land() -> None:
+            for f in waves[n]:
+                os.link(f, incoming / f.name)
+
+        return land
 
     configs = [
         _writer_config(tmp_path / f"w{i}", s3, repo, incoming, batch_size=2) for i in range(writers)
