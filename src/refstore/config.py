@@ -111,6 +111,7 @@ class Config:
     keep_days: float = 30.0
     export_grace_hours: float = 1.0
     dmrpp: str = "auto"  # build manifests from <url>.dmrpp sidecars: auto | never | always
+    rescan_hours: float = 24.0  # local folder: stat every file at least this often
 
     def __post_init__(self) -> None:
         if not self.concat_dim:
@@ -151,6 +152,11 @@ class Config:
             raise ConfigError(
                 f"[sync] batch_size must be at least 1, got {self.batch_size}.",
                 "Set batch_size to the number of granules per commit, e.g. 1000.",
+            )
+        if self.rescan_hours < 0:
+            raise ConfigError(
+                f"[source] rescan_hours must not be negative, got {self.rescan_hours}.",
+                "Use rescan_hours = 24 (a full listing daily) or 0 (every sync).",
             )
         if self.commit_retries < 0:
             raise ConfigError(
@@ -214,6 +220,7 @@ _SCHEMA: dict[tuple[str, str], tuple[str, type]] = {
     ("source", "allow_http"): ("source_allow_http", bool),
     ("source", "anonymous"): ("anonymous", bool),
     ("source", "dmrpp"): ("dmrpp", str),
+    ("source", "rescan_hours"): ("rescan_hours", float),
     ("store", "repo"): ("repo", str),
     ("store", "ledger"): ("ledger", str),
     ("store", "export"): ("export", str),

@@ -537,6 +537,20 @@ def _keep_to_hosts(
     return store, allowed, refused
 
 
+def _discover_cached(source: Source, ledger: Ledger) -> list[Granule]:
+    """A listing that stats only what changed since the last one (the cache lives in
+    the ledger; see :mod:`refstore.sources.listing_cache`)."""
+    from refstore.sources.listing_cache import ListingCache
+
+    key = f"listing:{source.url}"
+    cache = ListingCache.from_json(ledger.get_meta(key))
+    before = (dict(cache.files), cache.full_at)
+    discovered = list(source.discover(cache=cache))  # type: ignore[call-arg]
+    if (cache.files, cache.full_at) != before:
+        ledger.set_meta(key, cache.to_json())
+    return discovered
+
+
 def sync(
     config: Config,
     *,
@@ -582,6 +596,8 @@ def sync(
             if incremental:
                 since = ledger.high_water(source.url)
                 discovered = list(source.discover(since=since))
+            elif getattr(source, "caches_listing", False):
+                discovered = _discover_cached(source, ledger)
             else:
                 discovered = list(source.discover())
             rows = ledger.rows()
