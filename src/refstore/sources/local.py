@@ -114,13 +114,15 @@ class LocalSource:
         # granule, and pathlib's relative_to/resolve cost ~60 us a file (0.7 s at 10k).
         top = os.path.join(root, "")
         inodes: dict[str, int] = {}  # path -> inode, for entries listed by scandir
+        links: set[str] | None = None  # symlinks among them (None: ask the file system)
         if pattern is None or "/" not in pattern:
             match = _name_matcher(pattern)
             with os.scandir(root) as entries:
                 names = [e for e in entries if not e.name.startswith(".")]
             chosen = [e for e in names if match(e.name)]
             paths = sorted(e.path for e in chosen)
-            inodes = {e.path: e.inode() for e in chosen if not e.is_symlink()}
+            links = {e.path for e in chosen if e.is_symlink()}  # from d_type: no syscall
+            inodes = {e.path: e.inode() for e in chosen if e.path not in links}
             if not paths:
                 warn_none_matched(str(root), sum(e.is_file() for e in names), pattern)
         else:
@@ -159,7 +161,7 @@ class LocalSource:
             size, mtime_ns = (int(x) for x in revision.split("-"))
             url = (
                 Path(path).resolve().as_uri()
-                if os.path.islink(path)
+                if (path in links if links is not None else os.path.islink(path))
                 else base_uri + quote_from_bytes(os.fsencode(key))
             )
             yield Granule(
