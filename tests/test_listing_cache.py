@@ -93,3 +93,20 @@ def test_sync_keeps_the_listing_in_the_ledger(make_config, incoming: Path) -> No
     revised = write_ccmp_like_series(incoming, datetime(2024, 1, 2), 1, nlat=8, nlon=16, seed=9)
     result = refstore.sync(config)
     assert result.added == (revised[0].name,)
+
+
+def test_symlinked_granules_are_stat_ed_and_point_at_their_target(tmp_path: Path) -> None:
+    store, folder = tmp_path / "store", tmp_path / "in"
+    store.mkdir()
+    folder.mkdir()
+    a = _file(store, "a.nc", b"aaa")
+    b = _file(store, "b.nc", b"bbbbb")
+    (folder / "g.nc").symlink_to(a)
+    source, cache = LocalSource(str(folder)), ListingCache()
+    (first,) = list(source.discover(cache=cache))
+    assert first.url == a.resolve().as_uri() and first.revision.startswith("3-")
+    (folder / "g.nc").unlink()
+    (folder / "g.nc").symlink_to(b)  # retargeted: the link is never trusted by inode
+    (again,) = list(source.discover(cache=cache))
+    assert again.url == b.resolve().as_uri() and again.revision.startswith("5-")
+    assert cache.stats == 1
