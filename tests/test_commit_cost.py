@@ -14,7 +14,7 @@ from pathlib import Path
 import refstore
 import refstore.export
 from refstore.api import open_store
-from refstore.storage import COMMIT_MANIFEST_FETCHES, URL_DICTIONARY_MIN_REFS
+from refstore.storage import COMMIT_MANIFEST_FETCHES, PRELOAD_REFS, URL_DICTIONARY_MIN_REFS
 from refstore.synthetic import write_ccmp_like_series
 from tests.helpers import assert_same_values, direct_read
 
@@ -31,6 +31,7 @@ def test_every_repository_is_opened_with_the_commit_cost_settings(
     compression = manifest.virtual_chunk_location_compression
     assert compression is not None and compression.min_num_chunks == URL_DICTIONARY_MIN_REFS
     assert manifest.max_concurrent_manifest_fetches_during_commit == COMMIT_MANIFEST_FETCHES
+    assert manifest.preload is not None and manifest.preload.max_total_refs == PRELOAD_REFS
     # The saved splitting (one manifest per 8 steps, fixed at creation) is kept.
     assert manifest.splitting is not None and "8" in repr(manifest.splitting.split_sizes)
 

@@ -269,6 +269,11 @@ URL_DICTIONARY_MIN_REFS = 65_535
 # Manifests of the changed arrays that a commit reads back to merge into (default 1, in
 # series: one round trip per variable on S3).
 COMMIT_MANIFEST_FETCHES = 8
+# Icechunk preloads the manifests of coordinate-like arrays when a session opens. refstore
+# stores its coordinates as native chunks, so that is work for nothing that grows with
+# the store (measured: opening the 5 arrays of a write session 3.1 ms without, 5.9 ms at
+# 100 granules and 9.6 ms at 1,000 with it).
+PRELOAD_REFS = 0
 
 
 def manifest_write_settings() -> Any:
@@ -281,6 +286,7 @@ def manifest_write_settings() -> Any:
             min_num_chunks=URL_DICTIONARY_MIN_REFS
         ),
         max_concurrent_manifest_fetches_during_commit=COMMIT_MANIFEST_FETCHES,
+        preload=icechunk.ManifestPreloadConfig(max_total_refs=PRELOAD_REFS),
     )
 
 
