@@ -11,16 +11,19 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+
 import refstore
 import refstore.export
 from refstore.api import open_store
 from refstore.storage import COMMIT_MANIFEST_FETCHES, PRELOAD_REFS, URL_DICTIONARY_MIN_REFS
 from refstore.synthetic import write_ccmp_like_series
+from tests.conftest import MakeConfig
 from tests.helpers import assert_same_values, direct_read
 
 
 def test_every_repository_is_opened_with_the_commit_cost_settings(
-    make_config, incoming: Path
+    make_config: MakeConfig, incoming: Path
 ) -> None:
     write_ccmp_like_series(incoming, datetime(2024, 1, 1), 2, nlat=8, nlon=16)
     config = make_config().replace(coord_chunk=8)
@@ -37,7 +40,7 @@ def test_every_repository_is_opened_with_the_commit_cost_settings(
 
 
 def test_appends_across_parquet_record_files_read_back_equal(
-    make_config, incoming: Path, monkeypatch
+    make_config: MakeConfig, incoming: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The export's record files are bounded (an append rewrites one, not a growing
     one); appends that cross from one record file into the next read back exact."""

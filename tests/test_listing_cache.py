@@ -12,6 +12,7 @@ import refstore
 from refstore.ledger import Ledger
 from refstore.sources.listing_cache import ListingCache
 from refstore.sources.local import LocalSource
+from tests.conftest import MakeConfig
 
 DAY = 86400.0
 
@@ -76,7 +77,7 @@ def test_older_file_rewritten_in_place_waits_for_the_full_listing(tmp_path: Path
     assert _list(LocalSource(str(tmp_path), rescan_hours=0), cache)["g0.nc"].startswith("19-")
 
 
-def test_sync_keeps_the_listing_in_the_ledger(make_config, incoming: Path) -> None:
+def test_sync_keeps_the_listing_in_the_ledger(make_config: MakeConfig, incoming: Path) -> None:
     from datetime import datetime
 
     from refstore.synthetic import write_ccmp_like_series
