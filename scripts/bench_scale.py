@@ -124,6 +124,8 @@ def fit(xs: Sequence[float], ys: Sequence[float], at: float) -> dict[str, float]
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     var = sum((x - mx) ** 2 for x in xs)
     b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
+    if b <= 0:  # no growth measured (a falling time is load noise): flat at the worst
+        return {"a": max(ys), "b_per_granule": 0.0, "at_target": max(ys)}
     a = my - b * mx
     return {"a": a, "b_per_granule": b, "at_target": a + b * at}
 
