@@ -260,6 +260,11 @@ def _print_sync(result: Any) -> None:
             f"added {len(result.added)} granule(s) {result.start} .. {result.end} "
             f"in snapshot(s) {', '.join(result.snapshots)}"
         )
+    if result.placed_elsewhere or result.conflicts:
+        click.echo(
+            f"{len(result.placed_elsewhere)} granule(s) were placed by another writer first; "
+            f"{result.conflicts} commit race(s) lost and retried"
+        )
     if result.export:
         click.echo(f"export {result.export}")
 

@@ -83,6 +83,7 @@ class Config:
     executor: str = "auto"
     workers: int | None = None
     dask_address: str | None = None
+    commit_retries: int = 10  # commit races lost to other writers before giving up
     root: str = "."
     config_path: str | None = None
     # Remote sources (see sources/s3.py, https.py, earthdata.py). No secrets here.
@@ -111,6 +112,7 @@ class Config:
     keep_days: float = 30.0
     export_grace_hours: float = 1.0
     dmrpp: str = "auto"  # build manifests from <url>.dmrpp sidecars: auto | never | always
+    rescan_hours: float = 24.0  # local folder: stat every file at least this often
 
     def __post_init__(self) -> None:
         if not self.concat_dim:
@@ -151,6 +153,16 @@ class Config:
             raise ConfigError(
                 f"[sync] batch_size must be at least 1, got {self.batch_size}.",
                 "Set batch_size to the number of granules per commit, e.g. 1000.",
+            )
+        if self.rescan_hours < 0:
+            raise ConfigError(
+                f"[source] rescan_hours must not be negative, got {self.rescan_hours}.",
+                "Use rescan_hours = 24 (a full listing daily) or 0 (every sync).",
+            )
+        if self.commit_retries < 0:
+            raise ConfigError(
+                f"[sync] commit_retries must not be negative, got {self.commit_retries}.",
+                "Set commit_retries to how many lost commit races to retry, e.g. 10.",
             )
         if self.executor not in EXECUTORS:
             raise ConfigError(
@@ -213,6 +225,7 @@ _SCHEMA: dict[tuple[str, str], tuple[str, type]] = {
     ("source", "allow_http"): ("source_allow_http", bool),
     ("source", "anonymous"): ("anonymous", bool),
     ("source", "dmrpp"): ("dmrpp", str),
+    ("source", "rescan_hours"): ("rescan_hours", float),
     ("store", "repo"): ("repo", str),
     ("store", "ledger"): ("ledger", str),
     ("store", "export"): ("export", str),
@@ -223,6 +236,7 @@ _SCHEMA: dict[tuple[str, str], tuple[str, type]] = {
     ("sync", "executor"): ("executor", str),
     ("sync", "workers"): ("workers", int),
     ("sync", "dask_address"): ("dask_address", str),
+    ("sync", "commit_retries"): ("commit_retries", int),
     ("maintenance", "keep_last"): ("keep_last", int),
     ("maintenance", "keep_days"): ("keep_days", float),
     ("maintenance", "export_grace_hours"): ("export_grace_hours", float),

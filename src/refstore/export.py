@@ -189,6 +189,12 @@ def _write_json(refs: dict[str, Any], path: Path) -> None:
         raise
 
 
+# References per Parquet record file (kerchunk's default is 100,000). An append rewrites
+# the record its new references fall into (:mod:`refstore.export_incremental`), so this
+# bounds the cost of a +1 export: 10,000 rows, not up to 100,000 as the store grows.
+RECORD_SIZE = 10_000
+
+
 def _write_parquet(refs: dict[str, Any], path: Path) -> None:
     from kerchunk.df import refs_to_dataframe
 
@@ -207,7 +213,7 @@ def _write_parquet(refs: dict[str, Any], path: Path) -> None:
     target = Path(tempfile.mkdtemp(prefix=f".{path.name}.v{time.time_ns():020d}-", dir=path.parent))
     shutil.rmtree(target)  # refs_to_dataframe creates the folder itself
     try:
-        refs_to_dataframe(refs, str(target))
+        refs_to_dataframe(refs, str(target), record_size=RECORD_SIZE)
         checkpoint("during-export")
         link = path.with_name(f".{path.name}.link-{os.getpid()}")
         link.unlink(missing_ok=True)

@@ -54,10 +54,12 @@ def write_export_s3(
             return url
         from kerchunk.df import refs_to_dataframe
 
+        from refstore.export import RECORD_SIZE
+
         version = f"v{time.time_ns():020d}"  # sorts by creation time
         with tempfile.TemporaryDirectory(prefix="refstore-export-") as tmp:
             folder = Path(tmp) / "refs.parquet"
-            refs_to_dataframe(refs, str(folder))
+            refs_to_dataframe(refs, str(folder), record_size=RECORD_SIZE)
             for file in sorted(p for p in folder.rglob("*") if p.is_file()):
                 name = file.relative_to(folder).as_posix()
                 obstore.put(store, f"{key}/{version}/{name}", file)

@@ -148,6 +148,8 @@ class SyncResult:
     timings: dict[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     tag_refused: str | None = None  # why the asked-for tag could not be created
+    conflicts: int = 0  # commit races lost to other writers (each retried)
+    placed_elsewhere: tuple[str, ...] = ()  # granules another writer placed first
 
     @property
     def up_to_date(self) -> bool:
@@ -168,5 +170,7 @@ class SyncResult:
             "export": self.export,
             "up_to_date": self.up_to_date,
             "warnings": list(self.warnings),
+            "conflicts": self.conflicts,
+            "placed_elsewhere": list(self.placed_elsewhere),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
         }

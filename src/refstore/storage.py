@@ -260,6 +260,36 @@ def spec_for_prefix(prefix: str) -> ContainerSpec:
     return ContainerSpec(prefix, kind)
 
 
+# Icechunk trains a zstd dictionary for the chunk URLs of every manifest it writes with at
+# least this many references (default 1,000): measured with Icechunk 2.3 on a store of
+# 1,000 granules (splits of 1,461 references), that made each one-granule commit 0.11 s
+# instead of 0.009 s, for a manifest no smaller (the file's own compression already
+# shrinks the repeated URLs). 65,535 is the largest value the setting takes.
+URL_DICTIONARY_MIN_REFS = 65_535
+# Manifests of the changed arrays that a commit reads back to merge into (default 1, in
+# series: one round trip per variable on S3).
+COMMIT_MANIFEST_FETCHES = 8
+# Icechunk preloads the manifests of coordinate-like arrays when a session opens. refstore
+# stores its coordinates as native chunks, so that is work for nothing that grows with
+# the store (measured: opening the 5 arrays of a write session 3.1 ms without, 5.9 ms at
+# 100 granules and 9.6 ms at 1,000 with it).
+PRELOAD_REFS = 0
+
+
+def manifest_write_settings() -> Any:
+    """Manifest settings for every opened repository (runtime, merged with the saved
+    splitting): a commit costs what the batch changed, not the store's size."""
+    import icechunk
+
+    return icechunk.ManifestConfig(
+        virtual_chunk_location_compression=icechunk.ManifestVirtualChunkLocationCompressionConfig(
+            min_num_chunks=URL_DICTIONARY_MIN_REFS
+        ),
+        max_concurrent_manifest_fetches_during_commit=COMMIT_MANIFEST_FETCHES,
+        preload=icechunk.ManifestPreloadConfig(max_total_refs=PRELOAD_REFS),
+    )
+
+
 def container_open_config(specs: tuple[ContainerSpec, ...], source: Any | None) -> Any:
     """The ``RepositoryConfig`` to pass when *opening* a repository.
 
@@ -281,6 +311,7 @@ def container_open_config(specs: tuple[ContainerSpec, ...], source: Any | None) 
             max_tries=6, initial_backoff_ms=100, max_backoff_ms=10_000
         )
     )
+    config.manifest = manifest_write_settings()
     provider = getattr(source, "http_headers", None)
     http = [c for c in specs if c.kind == "http"]
     headers = provider() if provider is not None and http else None

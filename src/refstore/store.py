@@ -120,6 +120,9 @@ class Store:
         """Whether a repository is already there."""
         import icechunk
 
+        if self._repo is not None:  # opened (or created) already: no request
+            return True
+
         return bool(icechunk.Repository.exists(self._storage()))
 
     def _authorizations(self, saved: dict[str, Any] | None) -> dict[str, Any]:
@@ -249,6 +252,10 @@ class Store:
             # Saved above without secrets; retries and headers are added in memory.
             self._repo = self._repo.reopen(config=self._open_config())
         except icechunk.IcechunkError as e:
+            if self.exists():  # another writer created it first: use theirs
+                self._repo = None
+                _ = self.repo
+                return
             raise StoreError(
                 f"Cannot create the repository at {self.url}: {e}",
                 "Point [store] repo at an empty folder you can write to.",
@@ -294,9 +301,10 @@ class Store:
             out.append((c, tags.get(info.id, [])))
         return out
 
-    def head(self) -> Head | None:
-        """The newest refstore commit's view of the store, or None for an empty store."""
-        for info in self._ancestry():
+    def head(self, at: str | None = None) -> Head | None:
+        """The newest refstore commit's view of the store (on ``main``, or in the
+        ancestry of snapshot ``at``), or None for an empty store."""
+        for info in self._ancestry(at):
             meta = (info.metadata or {}).get(METADATA_KEY)
             if meta:
                 return Head(
@@ -411,12 +419,19 @@ class Store:
         mode: str,
         message: str,
         metadata: dict[str, Any],
+        parent: str | None,
         region_start: int = 0,
         new_length: int = 0,
         granules: Sequence[Any] = (),
         registry: Any = None,
     ) -> str:
-        """Write ``ds`` and commit once; returns the new snapshot id.
+        """Write ``ds`` and commit once, on top of ``parent``; returns the new snapshot id.
+
+        ``parent`` is the tip of ``main`` that the caller planned against (its ledger
+        reconciled up to it), None for the first commit of a new repository. If
+        ``main`` has moved since, nothing is written: another writer committed, and
+        what it placed must be known before this batch is placed (optimistic
+        concurrency, see README "Many writers").
 
         ``mode`` is ``"create"`` (first write), ``"append"`` (along ``concat_dim``) or
         ``"rewrite"``: resize every array with ``concat_dim`` to ``new_length`` and write
@@ -431,7 +446,8 @@ class Store:
         Raises
         ------
         ConflictError
-            Another writer committed to ``main`` meanwhile.
+            Another writer committed to ``main`` since ``parent`` (before the write or
+            during it); nothing was committed.
         StoreError
             The write failed; nothing was committed.
         """
@@ -441,6 +457,13 @@ class Store:
         from refstore.faults import checkpoint
 
         session = self.repo.writable_session(BRANCH)
+        base = str(session.snapshot_id)
+        moved = base != parent if parent is not None else self._is_written(base)
+        if moved:
+            raise ConflictError(
+                f"Another writer committed to {self.url} since this batch was planned "
+                f"(main is at {base}, planned on {parent or 'an empty repository'})."
+            )
         try:
             # Loaded arrays keep chunks equal to the fill value too, so the kerchunk
             # export (zarr v2, where fill_value doubles as _FillValue) sees real values.
@@ -466,6 +489,10 @@ class Store:
             raise ConflictError(
                 f"Another writer committed to {self.url} during this sync: {e}"
             ) from e
+
+    def _is_written(self, snapshot: str) -> bool:
+        """Whether ``snapshot`` is past the repository's initial (empty) commit."""
+        return self.repo.lookup_snapshot(snapshot).parent_id is not None
 
 
 def _write_rectilinear(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -31,8 +32,9 @@ from refstore.admit import (
     stable_attrs,
 )
 from refstore.chunkgrid import RECTILINEAR, REGULAR, choose_layout, concat_chunks, native_rows
+from refstore.concurrency import backoff, still_to_place
 from refstore.config import Config
-from refstore.errors import ConfigError, TagExistsError
+from refstore.errors import ConfigError, ConflictError, TagExistsError
 from refstore.executors import Executor, Result, open_executor, virtualize_all
 from refstore.faults import checkpoint
 from refstore.hosts import HostPolicy, host_of
@@ -133,6 +135,8 @@ class _Run:
     start: str | None = None
     end: str | None = None
     pool: Executor | None = None  # opened once per run, reused by every batch
+    conflicts: int = 0  # commit races lost to other writers (each retried)
+    placed_elsewhere: list[str] = field(default_factory=list)  # by another writer first
 
     @property
     def spec(self) -> DatasetSpec:
@@ -214,14 +218,78 @@ class _Run:
         ok, unreadable = self._read_back(ok)
         failures += unreadable
         self._time("readback", t)
-        head = self.store.head() if self.store.exists() else None
-        expressed = self._express(ok, head)
-        ok = [r for r in expressed if isinstance(r, VirtualGranule)]
-        failures += [r for r in expressed if isinstance(r, Failure)]
         self.ledger.mark_virtualized(
             [vg.granule.key for vg in ok], {vg.granule.key: (vg.start, vg.end) for vg in ok}
         )
         checkpoint("after-virtualization")
+        self._place_with_retries(ok, failures)
+
+    def _place_with_retries(
+        self, granules: Sequence[VirtualGranule], failures: Sequence[Failure]
+    ) -> None:
+        """Place a virtualized batch; after losing a commit race to another writer,
+        wait (jittered backoff) and place what that writer did not (each attempt
+        reconciles first), up to ``[sync] commit_retries`` times."""
+        rng = random.Random()
+        attempts = self.config.commit_retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                self._place(granules, failures)
+                return
+            except ConflictError as e:
+                lost = e
+            if attempt == attempts:
+                break
+            delay = backoff(attempt, rng)
+            log.info("lost a commit race (%s); retrying in %.2f s", lost.message, delay)
+            self.conflicts += 1
+            time.sleep(delay)
+        raise ConflictError(
+            f"Gave up placing {len(granules)} granule(s) in {self.store.url} after "
+            f"{attempts} attempt(s): other writers committed first every time ({lost.message})",
+            "Nothing of this batch was committed and the ledger is consistent; run "
+            "`refstore sync` again, or raise [sync] commit_retries if writers often overlap.",
+        ) from lost
+
+    def _reconciled_tip(self) -> str | None:
+        """Reconcile the ledger with ``main``; the tip it now reflects (None: no repository)."""
+        if not self.store.exists():
+            return None
+        reconcile(self.store, self.ledger)
+        return self.ledger.get_meta(RECONCILED)
+
+    def _place(self, granules: Sequence[VirtualGranule], failures: Sequence[Failure]) -> None:
+        """Admit and commit one batch on top of the tip the ledger is reconciled to,
+        then quarantine what was refused. A granule another writer placed already (at the
+        revision read here) is dropped; one it placed at another revision is replaced.
+
+        Raises
+        ------
+        ConflictError
+            ``main`` moved after it was reconciled; nothing was recorded.
+        """
+        tip = self._reconciled_tip()
+        rows = {vg.granule.key: self.ledger.row(vg.granule.key) for vg in granules}
+        rest = still_to_place(
+            [vg.granule for vg in granules], {k: r for k, r in rows.items() if r is not None}
+        )
+        self.placed_elsewhere += rest.placed_by_others
+        if rest.placed_by_others:
+            log.info(
+                "%d granule(s) already placed by another writer: %s",
+                len(rest.placed_by_others),
+                ", ".join(rest.placed_by_others[:5]),
+            )
+        self.replaced.update(rest.replacing)
+        keep = set(rest.keys)
+        ok = [vg for vg in granules if vg.granule.key in keep]
+        failures = list(failures)
+        # The head as of the reconciled tip, never newer: a commit that lands meanwhile
+        # makes this batch's commit conflict, and the retry sees it reconciled.
+        head = self.store.head(at=tip) if tip is not None else None
+        expressed = self._express(ok, head)
+        ok = [r for r in expressed if isinstance(r, VirtualGranule)]
+        failures += [r for r in expressed if isinstance(r, Failure)]
         layout = self._layout(ok, head)  # admitted and written by the same rules
         admission = admit(
             ok,
@@ -243,18 +311,19 @@ class _Run:
             store_last = from_json_value(head.last) if head else None
             admission, tail_failures = self._reread_tail(admission, store_last)
             failures += tail_failures
+        if admission.accepted:
+            t = time.perf_counter()
+            snapshot, appended = self._commit(admission, head, layout, tail, parent=tip)
+            self._time("commit", t)
+            if head is not None and appended and layout == REGULAR:
+                self._export_tail(head, snapshot, appended)
+        # Recorded once the batch is settled: a lost race re-decides every granule.
         waiting = [f for f in failures if f.waiting]
         self.ledger.quarantine(
             [f for f in failures if not f.waiting], self.run_id, self.fingerprint
         )
         self.ledger.quarantine(waiting, self.run_id, WAITING)
         self.failures += failures
-        if admission.accepted:
-            t = time.perf_counter()
-            snapshot, appended = self._commit(admission, head, layout, tail)
-            self._time("commit", t)
-            if head is not None and appended and layout == REGULAR:
-                self._export_tail(head, snapshot, appended)
 
     def _layout(self, granules: Sequence[VirtualGranule], head: Head | None) -> str:
         """The store's chunk grid along the concat dim: recorded, or chosen for a new one."""
@@ -420,10 +489,13 @@ class _Run:
         head: Head | None,
         layout: str,
         tail: Sequence[Placement] = (),
+        *,
+        parent: str | None,
     ) -> tuple[str, list[VirtualGranule]]:
         """Write and commit one batch; returns the snapshot and what was appended.
 
-        ``tail``: committed granules after the last change of a rewrite, left in place.
+        ``tail``: committed granules after the last change of a rewrite, left in place;
+        ``parent``: the tip of ``main`` this batch was planned on (None: no repository).
         """
         c, store = self.config, self.store
         accepted = admission.accepted
@@ -485,6 +557,7 @@ class _Run:
             mode=mode,
             message=message,
             metadata=metadata,
+            parent=parent,
             region_start=offset,
             new_length=new_length,
             granules=[vg.dataset for vg in sequence] if rectilinear else (),
@@ -520,6 +593,20 @@ def _keep_to_hosts(
         store.record_containers(tuple(c for c in store.containers if host_of(c.url_prefix) in new))
         log.info("recorded host(s) %s for the login ([source] allowed_hosts)", ", ".join(new))
     return store, allowed, refused
+
+
+def _discover_cached(source: Source, ledger: Ledger) -> list[Granule]:
+    """A listing that stats only what changed since the last one (the cache lives in
+    the ledger; see :mod:`refstore.sources.listing_cache`)."""
+    from refstore.sources.listing_cache import ListingCache
+
+    key = f"listing:{source.url}"
+    cache = ListingCache.from_json(ledger.get_meta(key))
+    before = (dict(cache.files), cache.full_at)
+    discovered = list(source.discover(cache=cache))  # type: ignore[call-arg]
+    if (cache.files, cache.full_at) != before:
+        ledger.set_meta(key, cache.to_json())
+    return discovered
 
 
 def sync(
@@ -567,6 +654,8 @@ def sync(
             if incremental:
                 since = ledger.high_water(source.url)
                 discovered = list(source.discover(since=since))
+            elif getattr(source, "caches_listing", False):
+                discovered = _discover_cached(source, ledger)
             else:
                 discovered = list(source.discover())
             rows = ledger.rows()
@@ -659,4 +748,6 @@ def sync(
         timings=run.timings,
         warnings=tuple(run.warnings),
         tag_refused=tag_refused,
+        conflicts=run.conflicts,
+        placed_elsewhere=tuple(run.placed_elsewhere),
     )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
+import re
 import stat
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +18,7 @@ from urllib.parse import quote_from_bytes
 from refstore.errors import SourceError
 from refstore.models import Granule
 from refstore.sources.base import ContainerSpec
+from refstore.sources.listing_cache import ListingCache
 
 if TYPE_CHECKING:
     from refstore.config import Config
@@ -47,6 +51,15 @@ def warn_none_matched(where: str, total: int, pattern: str | None) -> None:
         )
 
 
+def _name_matcher(pattern: str | None) -> Callable[[str], bool]:
+    """Whether a file name in the folder is a granule: a NetCDF/HDF5 suffix, or the
+    glob ``pattern`` (any case, as :meth:`pathlib.Path.glob` with case_sensitive=False)."""
+    if pattern is None:
+        return is_data_name
+    regex = re.compile(fnmatch.translate(pattern), re.IGNORECASE)
+    return lambda name: regex.fullmatch(name) is not None
+
+
 def split_glob(url: str) -> tuple[Path, str | None]:
     """Split ``/data/in/**/*.nc`` into the folder before the first wildcard and the rest."""
     parts = Path(url).parts
@@ -67,20 +80,30 @@ class LocalSource:
     """
 
     url: str
+    rescan_hours: float = 24.0  # a listing that stats every file at least this often
     incremental: ClassVar[bool] = False  # lists the whole folder every time
+    caches_listing: ClassVar[bool] = True  # discover(cache=...) stats what changed only
 
     @classmethod
     def from_config(cls, config: Config) -> LocalSource:
         """Build from ``[source] url`` (already resolved to an absolute path)."""
-        return cls(url=config.source_url.removeprefix("file://"))
+        return cls(url=config.source_url.removeprefix("file://"), rescan_hours=config.rescan_hours)
 
     @property
     def root(self) -> Path:
         """The folder that every granule lies under."""
         return split_glob(self.url)[0]
 
-    def discover(self, since: str | None = None) -> Iterator[Granule]:
-        """List the matching files with size and modification time as the revision."""
+    def discover(
+        self, since: str | None = None, *, cache: ListingCache | None = None
+    ) -> Iterator[Granule]:
+        """List the matching files with size and modification time as the revision.
+
+        With ``cache`` (what the last listing saw, updated in place), a file whose name
+        and inode are unchanged keeps its recorded revision without a ``stat``, unless a
+        full listing is due (``rescan_hours``): see :mod:`refstore.sources.listing_cache`.
+        Only a folder or a glob in its last path part (``incoming/*.nc``) uses it.
+        """
         root, pattern = split_glob(self.url)
         if not root.is_dir():
             raise SourceError(
@@ -90,41 +113,68 @@ class LocalSource:
         # Plain strings and os calls, not pathlib, per file: a no-op sync lists every
         # granule, and pathlib's relative_to/resolve cost ~60 us a file (0.7 s at 10k).
         top = os.path.join(root, "")
-        if pattern is None:
+        inodes: dict[str, int] = {}  # path -> inode, for entries listed by scandir
+        links: set[str] | None = None  # symlinks among them (None: ask the file system)
+        if pattern is None or "/" not in pattern:
+            match = _name_matcher(pattern)
             with os.scandir(root) as entries:
                 names = [e for e in entries if not e.name.startswith(".")]
-            paths = sorted(e.path for e in names if is_data_name(e.name))
+            chosen = [e for e in names if match(e.name)]
+            paths = sorted(e.path for e in chosen)
+            links = {e.path for e in chosen if e.is_symlink()}  # from d_type: no syscall
+            inodes = {e.path: e.inode() for e in chosen if e.path not in links}
             if not paths:
-                warn_none_matched(str(root), sum(e.is_file() for e in names), None)
+                warn_none_matched(str(root), sum(e.is_file() for e in names), pattern)
         else:
             paths = sorted(str(p) for p in root.glob(pattern, case_sensitive=False))
             if not paths:
                 total = sum(1 for p in root.rglob("*") if p.is_file())
                 warn_none_matched(str(root), total, pattern)
+        now = time.time()
+        full = cache is None or cache.full_due(now, self.rescan_hours)
+        seen: dict[str, tuple[int, str]] = {}
+        stats = 0
         base_uri = root.resolve().as_uri().rstrip("/") + "/"
         for path in paths:
             key = path.removeprefix(top)
             if key.rsplit("/", 1)[-1].startswith("."):
                 continue  # hidden names are partial downloads / temp files
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                continue  # deleted while listing
-            if not stat.S_ISREG(st.st_mode):
-                continue
+            inode = inodes.get(path)
+            known = (
+                None
+                if full or cache is None or inode is None
+                else cache.revision(key, inode, now, self.rescan_hours)
+            )
+            if known is not None:
+                revision = known
+            else:
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:
+                    continue  # deleted while listing
+                stats += 1
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                revision = f"{st.st_size}-{st.st_mtime_ns}"
+            if inode is not None:
+                seen[key] = (inode, revision)
+            size, mtime_ns = (int(x) for x in revision.split("-"))
             url = (
                 Path(path).resolve().as_uri()
-                if os.path.islink(path)
+                if (path in links if links is not None else os.path.islink(path))
                 else base_uri + quote_from_bytes(os.fsencode(key))
             )
-            modified = datetime.fromtimestamp(st.st_mtime, UTC).isoformat()
             yield Granule(
                 key=key,
                 url=url,
-                revision=f"{st.st_size}-{st.st_mtime_ns}",
-                size=st.st_size,
-                modified=modified,
+                revision=revision,
+                size=size,
+                modified=datetime.fromtimestamp(mtime_ns / 1e9, UTC).isoformat(),
             )
+        if cache is not None:
+            cache.files, cache.stats = seen, stats
+            if full:
+                cache.full_at = now
 
     def registry(self) -> Any:
         """A registry that reads ``file://`` URLs with obstore's LocalStore."""
