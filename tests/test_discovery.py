@@ -47,3 +47,43 @@ def test_files_but_none_matched_is_said(tmp_path: Path, caplog) -> None:  # type
 def test_dimension_names_as_xarray_shows_them() -> None:
     assert shown_dims(["FS/nscan", "FS/npixel"]) == "dimensions: npixel, nscan (group FS)"
     assert shown_dims([]) == "dimensions: none"
+
+
+def test_names_a_url_carries_as_is_land_and_others_are_named(tmp_path: Path) -> None:
+    """Hive-style folders and names with URL sub-delimiters (``date=2024/a+b=1,x(2)@v1``)
+    land and read back equal to the files through the repository and the export; a
+    name VirtualiZarr cannot open (a space: escaped in the URL, never unescaped by its
+    reader) is quarantined saying which character and what to do, not "file vanished"."""
+    import json
+    from datetime import datetime
+
+    import numpy as np
+    import xarray as xr
+
+    from refstore.config import load_config, render_toml
+    from refstore.synthetic import write_ccmp_like_series
+    from tests.conftest import run_cli
+
+    files = write_ccmp_like_series(tmp_path / "arch", datetime(2024, 1, 1), 3, nlat=4, nlon=8)
+    folder = tmp_path / "in" / "date=2024"
+    folder.mkdir(parents=True)
+    names = ["a+b=1,x(2)@v1.nc", "with space.nc", "plain.nc"]
+    placed = []
+    for name, f in zip(names, files, strict=True):
+        placed.append(folder / f"{f.stem}_{name}")
+        shutil.copy2(f, placed[-1])
+    (tmp_path / "refstore.toml").write_text(
+        render_toml(source_url="in/date=2024") + '[sync]\nexecutor = "serial"\n'
+    )
+    proc = run_cli("sync", "--json", cwd=tmp_path)
+    out = json.loads(proc.stdout)
+    assert len(out["added"]) == 2, proc.stdout
+    (reason,) = [q["reason"] for q in out["quarantined"]]
+    assert "with space.nc" in reason and "' '" in reason and "rename" in reason
+    config = load_config(tmp_path / "refstore.toml", environ={})
+    want = xr.concat([xr.open_dataset(p) for p in (placed[0], placed[2])], "time")
+    for source in ("repo", "export"):
+        got = refstore.open_dataset(config, source=source)
+        np.testing.assert_array_equal(got.uwnd.values, want.uwnd.values)
+        np.testing.assert_array_equal(got.time.values, want.time.values)
+    assert run_cli("verify", cwd=tmp_path, check=False).returncode == 0

@@ -595,6 +595,29 @@ def _keep_to_hosts(
     return store, allowed, refused
 
 
+def _readable_names(todo: Sequence[Granule]) -> tuple[list[Granule], list[Failure]]:
+    """Set aside local files whose names VirtualiZarr's readers cannot open (a name that
+    needs escaping in a ``file://`` URL: they would look for the escaped name)."""
+    from refstore.sources.local import URL_SAFE, needs_escape
+
+    keep, refused = [], []
+    for g in todo:
+        bad = needs_escape(g.url)
+        if not bad:
+            keep.append(g)
+            continue
+        shown = ", ".join(repr(c) for c in bad)
+        refused.append(
+            Failure(
+                g.key,
+                f"{g.key}: its path has character(s) {shown} that a file:// URL must escape, "
+                "and VirtualiZarr's reader does not unescape them; rename the file or "
+                f"folder (letters, digits and -._~{URL_SAFE.lstrip('/')} are fine)",
+            )
+        )
+    return keep, refused
+
+
 def _discover_cached(source: Source, ledger: Ledger) -> list[Granule]:
     """A listing that stats only what changed since the last one (the cache lives in
     the ledger; see :mod:`refstore.sources.listing_cache`)."""
@@ -683,6 +706,8 @@ def sync(
             checkpoint("after-discovery")
             ledger.record_seen(plan.todo, run_id)
             store, todo, refused = _keep_to_hosts(config, store, policy, plan.todo)
+            todo, unnamed = _readable_names(todo)
+            refused += unnamed
             ledger.quarantine(refused, run_id, fingerprint)
             on_done = progress(len(todo), "virtualizing") if progress and todo else None
             run = _Run(config, store, store.source, ledger, run_id, replaced, on_done, fingerprint)

@@ -60,6 +60,29 @@ def _name_matcher(pattern: str | None) -> Callable[[str], bool]:
     return lambda name: regex.fullmatch(name) is not None
 
 
+# What a file:// URL path may carry as is (RFC 3986 pchar, beyond letters, digits and
+# "-._~"). VirtualiZarr and obstore read a file:// URL's path without percent-decoding
+# it, so a name is readable only if its URL needs no escape: "date=2024-01-01/a+b.nc"
+# is; "a b.nc", "50%.nc" or non-ASCII names are not (see ``needs_escape``).
+URL_SAFE = "/!$&'()*+,;=:@"
+
+
+def file_url(path: str) -> str:
+    """The ``file://`` URL of an absolute path, escaping only what a URL path must."""
+    return "file://" + quote_from_bytes(os.fsencode(path), safe=URL_SAFE)
+
+
+def needs_escape(url: str) -> str:
+    """The characters of a ``file://`` URL's path that had to be escaped ("" if none):
+    such a file cannot be read through VirtualiZarr's readers."""
+    if not url.startswith("file://") or "%" not in url:
+        return ""
+    from urllib.parse import unquote
+
+    raw = unquote(url.removeprefix("file://"))
+    return "".join(sorted({c for c in raw if quote_from_bytes(c.encode(), safe=URL_SAFE) != c}))
+
+
 def split_glob(url: str) -> tuple[Path, str | None]:
     """Split ``/data/in/**/*.nc`` into the folder before the first wildcard and the rest."""
     parts = Path(url).parts
@@ -134,7 +157,7 @@ class LocalSource:
         full = cache is None or cache.full_due(now, self.rescan_hours)
         seen: dict[str, tuple[int, str]] = {}
         stats = 0
-        base_uri = root.resolve().as_uri().rstrip("/") + "/"
+        base_uri = file_url(str(root.resolve())).rstrip("/") + "/"
         for path in paths:
             key = path.removeprefix(top)
             if key.rsplit("/", 1)[-1].startswith("."):
@@ -160,9 +183,9 @@ class LocalSource:
                 seen[key] = (inode, revision)
             size, mtime_ns = (int(x) for x in revision.split("-"))
             url = (
-                Path(path).resolve().as_uri()
+                file_url(str(Path(path).resolve()))
                 if (path in links if links is not None else os.path.islink(path))
-                else base_uri + quote_from_bytes(os.fsencode(key))
+                else base_uri + quote_from_bytes(os.fsencode(key), safe=URL_SAFE)
             )
             yield Granule(
                 key=key,
@@ -185,5 +208,5 @@ class LocalSource:
 
     def containers(self) -> tuple[ContainerSpec, ...]:
         """A ``file://`` container over the source folder."""
-        prefix = self.root.resolve().as_uri().rstrip("/") + "/"
+        prefix = file_url(str(self.root.resolve())).rstrip("/") + "/"
         return (ContainerSpec(url_prefix=prefix, kind="local"),)
