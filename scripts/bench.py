@@ -48,6 +48,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from _benchutil import log, timed
+
 ROOT = Path(__file__).resolve().parent.parent
 GAMSSA = ROOT.parent / "shared" / "data" / "granules" / "gamssa"
 GRANULES = ROOT / "tests" / "data" / "granules"
@@ -67,16 +69,6 @@ GRID = {"nlat": 8, "nlon": 16}
 START = dt.datetime(1990, 1, 1)
 EXTRA = 4  # granules beyond N_max: the ones P1 adds
 REPEAT = 3
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    t = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, out
 
 
 # -- data -------------------------------------------------------------------------------

@@ -25,27 +25,18 @@ import os
 import resource
 import shutil
 import statistics
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from _benchutil import log, timed
 
 ROOT = Path(__file__).resolve().parent.parent
 START = dt.datetime(2000, 6, 1)
 STEP = dt.timedelta(minutes=30)  # 48 granules a day, one step each
 GRID = {"nlat": 8, "nlon": 16}
 REPEAT = 3
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    t = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, out
 
 
 def ensure_pool(pool: Path, n: int) -> list[Path]:

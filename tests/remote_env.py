@@ -77,6 +77,32 @@ def s3_section(s3: MotoS3Server, **extra: Any) -> dict[str, Any]:
     return {"region": s3.region, "endpoint_url": s3.endpoint_url, "allow_http": True, **extra}
 
 
+def s3_prefix_to_s3_store(
+    folder: Path,
+    s3: MotoS3Server,
+    monkeypatch: pytest.MonkeyPatch,
+    files: Sequence[Path],
+) -> tuple[dict[str, str], str, str, str]:
+    """Granules under ``s3://<granules>/ccmp/``, a refstore.toml in ``folder`` whose repo
+    and export live in ``s3://<refs>/``; returns the AWS env, both buckets and the export
+    URL."""
+    env = aws_env(monkeypatch, s3)
+    granules, refs = bucket_name("granules"), bucket_name("refs")
+    s3.make_bucket(granules)
+    s3.make_bucket(refs)
+    for f in files:
+        s3.upload_file(granules, f"ccmp/{f.name}", f)
+    export = f"s3://{refs}/exports/ccmp.parquet"
+    write_config(
+        folder,
+        {
+            "source": s3_section(s3, url=f"s3://{granules}/ccmp/"),
+            "store": s3_section(s3, repo=f"s3://{refs}/repos/ccmp", export=export),
+        },
+    )
+    return env, granules, refs, export
+
+
 def ccmp_item(path: Path, day: int, revision_date: str | None) -> dict[str, Any]:
     """A UMM-G item for a CCMP-like granule, with PO.DAAC's real link layout."""
     return granule_item(

@@ -120,22 +120,9 @@ def test_verify_fails_when_the_published_code_does_not_open(
 def test_published_code_opens_an_s3_store_and_export(
     tmp_path: Path, moto: Any, ccmp_archive: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.remote_env import aws_env, bucket_name, s3_section, write_config
+    from tests.remote_env import s3_prefix_to_s3_store
 
-    env = aws_env(monkeypatch, moto)
-    granules, refs = bucket_name("granules"), bucket_name("refs")
-    moto.make_bucket(granules)
-    moto.make_bucket(refs)
-    for f in ccmp_archive(2):
-        moto.upload_file(granules, f"ccmp/{f.name}", f)
-    export = f"s3://{refs}/exports/ccmp.parquet"
-    write_config(
-        tmp_path,
-        {
-            "source": s3_section(moto, url=f"s3://{granules}/ccmp/"),
-            "store": s3_section(moto, repo=f"s3://{refs}/repos/ccmp", export=export),
-        },
-    )
+    env, *_ = s3_prefix_to_s3_store(tmp_path, moto, monkeypatch, ccmp_archive(2))
     run_cli("sync", cwd=tmp_path, env=env)
     assert run_cli("publish", cwd=tmp_path, env=env, check=False).returncode == 2  # needs -o
     run_cli("publish", "-o", "site", cwd=tmp_path, env=env)

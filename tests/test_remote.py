@@ -39,6 +39,7 @@ from tests.remote_env import (
     ccmp_item,
     download_bucket,
     files_under,
+    s3_prefix_to_s3_store,
     s3_section,
     secret_hits,
     write_config,
@@ -105,20 +106,7 @@ def _plain_fsspec_export(export: str, s3: MotoS3Server) -> Any:
 def test_s3_prefix_to_s3_repo_and_export(
     tmp_path: Path, moto: MotoS3Server, ccmp: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    aws_env(monkeypatch, moto)
-    granules, refs = bucket_name("granules"), bucket_name("refs")
-    moto.make_bucket(granules)
-    moto.make_bucket(refs)
-    for f in ccmp[:4]:
-        moto.upload_file(granules, f"ccmp/{f.name}", f)
-    export = f"s3://{refs}/exports/ccmp.parquet"
-    write_config(
-        tmp_path,
-        {
-            "source": s3_section(moto, url=f"s3://{granules}/ccmp/"),
-            "store": s3_section(moto, repo=f"s3://{refs}/repos/ccmp", export=export),
-        },
-    )
+    _, granules, refs, export = s3_prefix_to_s3_store(tmp_path, moto, monkeypatch, ccmp[:4])
     first = _sync(tmp_path)
     assert len(first["added"]) == 4 and first["export"] == export
     for f in ccmp[4:]:
