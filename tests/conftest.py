@@ -116,17 +116,22 @@ def moto() -> Iterator[Any]:
         yield s3
 
 
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for a CLI subprocess: no REFSTORE_* setting of the
+    calling shell, only those in ``extra``."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("REFSTORE_")}
+    return {**inherited, **(extra or {})}
+
+
 def run_cli(
     *args: str, cwd: Path, env: dict[str, str] | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     """The real CLI in a subprocess (as a user runs it); no REFSTORE_* setting of the
     calling shell reaches it, only those in ``env``."""
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("REFSTORE_")}
-    full_env = {**inherited, **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "refstore", *args],
         cwd=cwd,
-        env=full_env,
+        env=cli_env(env),
         text=True,
         capture_output=True,
         timeout=300,

@@ -31,6 +31,7 @@ from refstore.ledger import Ledger
 from refstore.models import Status
 from refstore.sync import EXPORTED, RECONCILED
 from refstore.synthetic import write_ccmp_like_series
+from tests.conftest import cli_env
 from tests.helpers import assert_same_values, direct_read
 from tests.processes import kill_all, linux_only, marked, processes_of, stdio_of, wait_until_gone
 
@@ -47,7 +48,7 @@ def _setup(tmp_path: Path, n: int = 5) -> tuple[Config, list[Path], Path]:
 
 def _sync_env(fault: str | None = None, **extra: str) -> tuple[dict[str, str], str]:
     """A clean environment for one sync run, with its process marker."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REFSTORE_")}
+    env = cli_env()
     if fault:
         env["REFSTORE_FAULT"] = fault
     return marked({**env, **extra})

@@ -24,7 +24,7 @@ from refstore.ledger import Ledger
 from refstore.lifecycle import markdown_table
 from refstore.models import Status
 from refstore.synthetic import write_ccmp_like_series
-from tests.conftest import run_cli
+from tests.conftest import cli_env, run_cli
 from tests.helpers import assert_same_values, direct_read
 
 DOCS = Path(__file__).parent.parent / "docs" / "states.md"
@@ -159,6 +159,15 @@ def test_reads_answer_when_the_source_is_unreachable(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+def _need_unshare(why: str) -> None:
+    """Skip unless this machine lets us make a private mount namespace (as root)."""
+    if (
+        shutil.which("unshare") is None
+        or subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False).returncode
+    ):
+        pytest.skip(f"needs `unshare -m` {why}")
+
+
 def _read_only(tmp_path: Path, folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The CLI with ``folder`` mounted read-only (a private mount namespace)."""
     script = (
@@ -176,11 +185,7 @@ def _read_only(tmp_path: Path, folder: Path, *args: str) -> subprocess.Completed
 
 
 def test_read_only_state_folder(tmp_path: Path) -> None:
-    if (
-        shutil.which("unshare") is None
-        or subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False).returncode
-    ):
-        pytest.skip("needs `unshare -m` to mount a folder read-only")
+    _need_unshare("to mount a folder read-only")
     _, incoming = _setup(tmp_path, n=2)
     state = tmp_path / "state"
     for args in (("status",), ("log",), ("verify", "--sample", "2")):
@@ -281,11 +286,7 @@ def test_full_state_folder_is_exit_5_and_loses_nothing(tmp_path: Path, free_kib:
     up to ``free_kib``: 0 fails at the ledger's open, 16 at its first write, 96 after
     the Icechunk commit): exit 5 naming the folder and "full", no traceback; once space
     is freed the next sync lands (or reconciles) the granule and the store verifies."""
-    if (
-        shutil.which("unshare") is None
-        or subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False).returncode
-    ):
-        pytest.skip("needs `unshare -m` to mount a small tmpfs")
+    _need_unshare("to mount a small tmpfs")
     _, incoming = _setup(tmp_path, n=2)
     extra = write_ccmp_like_series(tmp_path / "more", datetime(2024, 1, 3), 1, nlat=8, nlon=16)
     shutil.copy2(extra[0], incoming / extra[0].name)
@@ -304,11 +305,10 @@ def test_full_state_folder_is_exit_5_and_loses_nothing(tmp_path: Path, free_kib:
         {cli} verify --sample 3 >{tmp_path}/out3 2>{tmp_path}/err3; echo "verify=$?"
         echo "steps=$({size} 2>/dev/null)"
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REFSTORE_")}
     proc = subprocess.run(
         ["unshare", "-m", "sh", "-c", script],
         cwd=tmp_path,
-        env=env,
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=600,

@@ -56,6 +56,7 @@ from refstore.faults import STEPS
 from refstore.ledger import Ledger
 from refstore.synthetic import write_ccmp_like_series
 from refstore.verify import layout_at
+from tests.conftest import cli_env
 
 DAYS = 4
 STEP = np.timedelta64(6, "h")
@@ -330,11 +331,10 @@ class GranuleLife(RuleBasedStateMachine):
         elif how == "sigkill":
             step = rnd.choice(STEPS)
             self._count(f"sigkill:{step}")
-            env = {k: v for k, v in os.environ.items() if not k.startswith("REFSTORE_")}
             proc = subprocess.run(
                 [sys.executable, "-m", "refstore", "sync"],
                 cwd=self.root,
-                env={**env, "REFSTORE_FAULT": step},
+                env=cli_env({"REFSTORE_FAULT": step}),
                 capture_output=True,
                 text=True,
                 timeout=300,
@@ -358,11 +358,10 @@ class GranuleLife(RuleBasedStateMachine):
         moment apart. Each either runs whole or stops at once on the store lock
         (exit 7, ConflictError); the model settles once per sync that ran."""
         self._count("concurrent_sync")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REFSTORE_")}
         proc = subprocess.Popen(
             [sys.executable, "-m", "refstore", "sync"],
             cwd=self.root,
-            env=env,
+            env=cli_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -19,7 +19,7 @@ import pytest
 
 from refstore.config import render_toml
 from refstore.watch import WatchPolicy, next_delay
-from tests.conftest import run_cli
+from tests.conftest import cli_env, run_cli
 from tests.processes import linux_only, marked, processes_of, wait_until_gone
 
 
@@ -42,9 +42,7 @@ def _store(tmp_path: Path, source: str = "incoming") -> Path:
 
 
 def _start(root: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
-    import os
-
-    env, marker = marked({k: v for k, v in os.environ.items() if not k.startswith("REFSTORE_")})
+    env, marker = marked(cli_env())
     proc = subprocess.Popen(
         [sys.executable, "-m", "refstore", "watch", "--heartbeat", "hb.json", *args],
         cwd=root,

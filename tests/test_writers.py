@@ -32,6 +32,7 @@ from refstore.ledger import Ledger
 from refstore.models import Granule, LedgerRow, Status
 from refstore.store import Store
 from refstore.synthetic import write_ccmp_like_series
+from tests.conftest import cli_env
 from tests.helpers import assert_same_values, direct_read
 from tests.remote_env import aws_env, bucket_name, s3_section, write_config
 from tests.servers import MotoS3Server
@@ -283,7 +284,7 @@ def _writers_trial(
         _writer_config(tmp_path / f"w{i}", s3, repo, incoming, batch_size=2) for i in range(writers)
     ]
     folders = [tmp_path / f"w{i}" for i in range(writers)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REFSTORE_")}
+    env = cli_env()
     log = [f"round 1: {_round(folders, env, rng, kill=True, fault=0, arrive=wave(1))}"]
     log.append(f"round 2: {_round(folders, env, rng, kill=True, arrive=wave(2))}")
     newcomer = _writer_config(tmp_path / "new", s3, repo, incoming, batch_size=2)

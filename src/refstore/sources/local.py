@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import quote_from_bytes
+from urllib.parse import quote_from_bytes, unquote
 
 from refstore.errors import SourceError
 from refstore.models import Granule
@@ -77,8 +77,6 @@ def needs_escape(url: str) -> str:
     such a file cannot be read through VirtualiZarr's readers."""
     if not url.startswith("file://") or "%" not in url:
         return ""
-    from urllib.parse import unquote
-
     raw = unquote(url.removeprefix("file://"))
     return "".join(sorted({c for c in raw if quote_from_bytes(c.encode(), safe=URL_SAFE) != c}))
 
