@@ -58,6 +58,32 @@ EXPORTED = "exported_snapshot"
 VERIFIED = "readback_verified_encodings"  # encoding keys whose references read back equal
 SIDECARS = "dmrpp_looks"  # what looking for <url>.dmrpp found so far (refstore.sidecars)
 COORD_HINT = "coord_ranges_hint"  # where the last granule kept its loaded variables (JSON)
+PROOFS = "dmrpp_derivations"  # proved derivations of loaded values, by sidecar key (JSON)
+
+
+def _read_proofs(text: str | None) -> dict[str, str]:
+    """Proved derivations kept in the ledger (sidecar key -> proof JSON); none if unreadable."""
+    try:
+        found = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def _learn_proofs(proofs: dict[str, str], granules: Sequence[VirtualGranule]) -> bool:
+    """Add the derivations ``granules`` proved to ``proofs``, drop those they contradict;
+    whether anything changed."""
+    from refstore.derive import Proof
+
+    changed = False
+    for vg in granules:
+        if vg.disproved is not None and proofs.pop(vg.disproved, None) is not None:
+            changed = True
+        made = Proof.from_json(vg.proof) if vg.proof else None
+        if made is not None and proofs.get(made.key) != vg.proof:
+            proofs[made.key] = vg.proof or ""
+            changed = True
+    return changed
 
 
 def _read_hint(text: str | None) -> tuple[tuple[int, int], ...]:
@@ -177,18 +203,24 @@ class _Run:
             return run(granules, self.spec)
         hint = _read_hint(self.ledger.get_meta(COORD_HINT))
         before, learn = hint, True
+        proofs = _read_proofs(self.ledger.get_meta(PROOFS))
 
         def hinted(subset: Sequence[Granule], spec: DatasetSpec) -> list[Result]:
             # Each phase reads its sidecar-built granules' coordinates at the offsets the
-            # last granule had them, while the sidecar is fetched (refstore.virtualize).
-            # With none known yet, the first granule goes alone (once) to give the rest one.
+            # last granule had them, while the sidecar is fetched (refstore.virtualize),
+            # or reads nothing where a derivation is proved (refstore.derive). With
+            # neither known yet, the first granule goes alone (once) to give the rest one.
             nonlocal hint, learn
-            if learn and not hint and spec.dmrpp != "never" and len(subset) > 1:
+            if learn and not (hint and proofs) and spec.dmrpp != "never" and len(subset) > 1:
                 learn = False
                 return hinted(subset[:1], spec) + hinted(subset[1:], spec)
-            results = run(subset, replace(spec, coord_hint=hint))
+            known = tuple(proofs[k] for k in sorted(proofs))
+            results = run(subset, replace(spec, coord_hint=hint, proofs=known))
             ranges = [r.coord_ranges for r in results if isinstance(r, VirtualGranule)]
             hint = next((r for r in reversed(ranges) if r), hint)
+            # Used in this run before its granule is read back: a granule of a signature
+            # not yet verified is compared with its file anyway (_read_back).
+            _learn_proofs(proofs, [r for r in results if isinstance(r, VirtualGranule)])
             return results
 
         if c.dmrpp == "always":
@@ -377,10 +409,22 @@ class _Run:
             return origin + encoding_key(vg.signature)
 
         verified = set(json.loads(self.ledger.get_meta(VERIFIED) or "[]"))
+        proofs = _read_proofs(self.ledger.get_meta(PROOFS))
         ok: list[VirtualGranule] = []
         failures: list[Failure] = []
         for first in granules:
             vg: VirtualGranule | Failure = first
+            if first.disproved is not None:
+                log.warning(
+                    "%s: %s. The derivation is dropped: the next granule of its kind is read "
+                    "and proves one anew. Granules placed with it since it was proved may hold "
+                    "wrong values: run `refstore verify --sample N` to compare them with "
+                    "their files.",
+                    first.granule.key,
+                    first.note,
+                )
+                if _learn_proofs(proofs, [replace(first, proof=None)]):
+                    self.ledger.set_meta(PROOFS, json.dumps(proofs, sort_keys=True))
             if first.origin == "dmrpp" and key_of(first) not in verified:
                 vg = self._cross_check(first)
             if isinstance(vg, Failure):
@@ -396,6 +440,9 @@ class _Run:
                     continue
                 verified.add(key)
                 self.ledger.set_meta(VERIFIED, json.dumps(sorted(verified)))
+            # A derivation is kept across syncs once its granule passed both checks.
+            if vg.proof and _learn_proofs(proofs, [vg]):
+                self.ledger.set_meta(PROOFS, json.dumps(proofs, sort_keys=True))
             ok.append(vg)
         return ok, failures
 

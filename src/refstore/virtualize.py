@@ -61,6 +61,9 @@ class DatasetSpec:
     # Use the hint for a guessed <url>.dmrpp too (the collection is known to publish them);
     # else only for a sidecar the source names, or with dmrpp = "always".
     hint_guessed: bool = False
+    # Derivations proved on earlier granules (refstore.derive.Proof JSON): a sidecar that
+    # describes its loaded variables as a proved one did is placed without reading them.
+    proofs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,9 @@ class VirtualGranule:
     note: str | None = None  # why a sidecar was not used, if one was looked for
     probe: str | None = None  # FOUND / ABSENT: what looking for its sidecar found; None: not looked
     coord_ranges: tuple[tuple[int, int], ...] = ()  # its loaded chunks in the file
+    derived: bool = False  # loaded values from a proved derivation: no byte of the granule read
+    proof: str | None = None  # a derivation proved on this granule (refstore.derive.Proof JSON)
+    disproved: str | None = None  # the key of a proof this granule's real values contradict
 
     @property
     def start(self) -> str | None:
@@ -243,13 +249,14 @@ def _from_sidecar(granule: Granule, spec: DatasetSpec, registry: Any) -> Virtual
     """
     from virtualizarr.manifests import ManifestStore
 
-    from refstore import dmrpp
+    from refstore import derive, dmrpp
     from refstore.fetch import GranuleBytes
 
     store, path = registry.resolve(granule.url)
     data = GranuleBytes(store, path, granule.size, block=512)  # the coordinates, near exact
     expected = granule.sidecar is not None or spec.dmrpp == "always" or spec.hint_guessed
-    hint = spec.coord_hint if expected and granule.size else ()
+    # With a proved derivation, guessing would read what the derivation makes unneeded.
+    hint = spec.coord_hint if expected and granule.size and not spec.proofs else ()
     guess = _hinted(data, hint) if hint else None  # no bytes wasted where a 404 is likely
     try:
         text = dmrpp.fetch_sidecar(registry, granule.url, granule.sidecar)
@@ -262,11 +269,104 @@ def _from_sidecar(granule: Granule, spec: DatasetSpec, registry: Any) -> Virtual
         raise dmrpp.SidecarError(problem)
     reads = data.registry(registry, granule.url)
     manifest_store = ManifestStore(group, registry=reads)  # type: ignore[arg-type]
+    source, loadable = _plan_load(granule, spec, group.arrays)
+    described = derive.describe(group, loadable, spec.concat_dim) if source is None else None
+    proof_key = derive.key(described) if described is not None else None
+    proof = next(
+        (p for p in map(derive.Proof.from_json, spec.proofs) if p and p.key == proof_key), None
+    )
+    values = None
+    if proof is not None and described is not None:
+        values = _derived(proof, group, spec.concat_dim, tuple(described))
     try:
-        vg = _finish(granule, spec, manifest_store, "hdf5", data)
+        if values is not None and not derive.sampled(granule.key):
+            vg = _finish(granule, spec, manifest_store, "hdf5", None, _values_store(group, values))
+            return replace(vg, origin="dmrpp", derived=True)
+        vg = replace(_finish(granule, spec, manifest_store, "hdf5", data), origin="dmrpp")
     except GranuleError as e:
         raise dmrpp.SidecarError(f"sidecar-built granule failed: {e.message}") from e
-    return replace(vg, origin="dmrpp")
+    if proof_key is None:
+        return vg
+    return _learnt(vg, group, spec.concat_dim, (proof_key, proof), values)
+
+
+def _derived(proof: Any, group: Any, dim: str, names: tuple[str, ...]) -> dict[str, Any] | None:
+    """The raw values of the loaded variables ``names`` from ``proof`` for this sidecar;
+    None if its rule does not apply (the granule's values are then read)."""
+    from refstore import derive
+
+    if set(proof.loaded) | {dim} != set(names):
+        return None
+    coord = group.arrays[dim].metadata
+    dtype = np.dtype(coord.data_type.to_native_dtype())
+    raw, _ = derive.apply(
+        proof.rule, group.metadata.attributes, coord.attributes, dtype, int(coord.shape[0])
+    )
+    return None if raw is None else {**proof.loaded, dim: raw}
+
+
+def _learnt(
+    vg: VirtualGranule,
+    group: Any,
+    dim: str,
+    proved: tuple[str, Any],
+    derived: dict[str, Any] | None,
+) -> VirtualGranule:
+    """``vg`` (its loaded values read) with the derivation they prove, or the proof they
+    contradict (``disproved``). ``proved``: the sidecar's :func:`refstore.derive.key` and
+    the proof of that key in use, if any."""
+    from refstore import derive
+
+    proof_key, proof = proved
+    raw = np.asarray(vg.dataset.variables[dim].values)
+    if proof is not None:
+        loaded = {n: np.asarray(vg.dataset.variables[n].values) for n in proof.loaded}
+        wrong = [n for n, v in loaded.items() if not np.array_equal(v, proof.loaded[n])]
+        if derived is not None and not np.array_equal(derived[dim], raw):
+            wrong.insert(0, dim)
+        if derived is not None and not wrong:
+            return vg  # the proof holds here too
+        if wrong:
+            note = (
+                f"values of {', '.join(wrong)} differ from the derivation proved on "
+                f"{proof.proved_on} ({proof.rule.describe()}); read from the file"
+            )
+            return replace(vg, disproved=proof.key, note=note)
+    # No proof for this sidecar yet, or its rule does not apply here: learn one.
+    rule = derive.learn(raw, group.metadata.attributes, group.arrays[dim].metadata.attributes)
+    if rule is None:
+        return vg
+    loaded = {
+        n: np.asarray(vg.dataset.variables[n].values)
+        for n, v in vg.dataset.variables.items()
+        if n != dim and n in group.arrays and not hasattr(v.data, "manifest")
+    }
+    made = derive.Proof(proof_key, rule, loaded, vg.granule.key)
+    return replace(vg, proof=made.to_json())
+
+
+def _values_store(group: Any, values: dict[str, Any]) -> Any:
+    """An in-memory zarr store holding ``values`` as the sidecar describes their arrays
+    (dtype, shape, fill value, attributes, dimension names): what xarray opens in place of
+    the granule's chunks."""
+    import zarr
+
+    store = zarr.storage.MemoryStore()
+    root = zarr.create_group(store, zarr_format=3, attributes=dict(group.metadata.attributes))
+    for name, v in values.items():
+        meta = group.arrays[name].metadata
+        arr = root.create_array(
+            name,
+            shape=tuple(meta.shape),
+            dtype=np.asarray(v).dtype,
+            chunks=tuple(meta.chunks),
+            fill_value=meta.fill_value,
+            attributes=dict(meta.attributes),
+            dimension_names=meta.dimension_names,
+            compressors=None,
+        )
+        arr[...] = np.asarray(v)
+    return store
 
 
 def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule:
@@ -375,34 +475,46 @@ def _scoped_dims(arrays: Mapping[str, Any], parents: list[str]) -> dict[str, Any
     return out
 
 
-def _raw(ds: Any, manifest_store: Any, loadable: Iterable[str]) -> Any:
-    """``ds`` with its loaded variables as the file stores them (refstore.coords):
-    decoding and re-encoding float times is off by an ulp at some steps."""
+def _raw(ds: Any, loaded: Any, loadable: Iterable[str]) -> Any:
+    """``ds`` with its loaded variables as the file stores them (refstore.coords), from
+    ``loaded`` (a store of them): decoding and re-encoding float times is off by an ulp
+    at some steps."""
     import xarray as xr
 
-    raw = xr.open_zarr(
-        _only(manifest_store, loadable), decode_cf=False, consolidated=False, chunks=None
-    )
+    raw = xr.open_zarr(loaded, decode_cf=False, consolidated=False, chunks=None)
     return raw_loaded(ds, raw, loadable)
 
 
-def _finish(
-    granule: Granule, spec: DatasetSpec, manifest_store: Any, fmt: str, data: GranuleBytes | None
-) -> VirtualGranule:
-    """From a parsed manifest store to a :class:`VirtualGranule` (loads what is loadable)."""
-    arrays = manifest_store._group.arrays
+def _plan_load(
+    granule: Granule, spec: DatasetSpec, arrays: Mapping[str, Any]
+) -> tuple[Any, tuple[str, ...]]:
+    """Where the concat value comes from if not the dim (refstore.concat_from; None: the
+    dim), and which variables are loaded."""
     dims = {name: tuple(arr.metadata.dimension_names or ()) for name, arr in arrays.items()}
     all_dims = {d for ds in dims.values() for d in ds}
     source = value_source(
         granule, spec.concat_dim, spec.concat_from, dims, all_dims, shown_dims(all_dims)
     )
     if source is None:
-        loadable = choose_loadable(dims, spec.concat_dim, spec.loadable_variables)
-    else:
-        var_attrs = {name: arr.metadata.attributes for name, arr in arrays.items()}
-        loadable = loadable_expanded(
-            spec.concat_dim, source, dims, var_attrs, spec.loadable_variables
-        )
+        return None, choose_loadable(dims, spec.concat_dim, spec.loadable_variables)
+    var_attrs = {name: arr.metadata.attributes for name, arr in arrays.items()}
+    return source, tuple(
+        loadable_expanded(spec.concat_dim, source, dims, var_attrs, spec.loadable_variables)
+    )
+
+
+def _finish(
+    granule: Granule,
+    spec: DatasetSpec,
+    manifest_store: Any,
+    fmt: str,
+    data: GranuleBytes | None,
+    values: Any = None,
+) -> VirtualGranule:
+    """From a parsed manifest store to a :class:`VirtualGranule` (loads what is loadable:
+    from ``values``, a zarr store of them, when given, else through ``manifest_store``)."""
+    source, loadable = _plan_load(granule, spec, manifest_store._group.arrays)
+    loaded = values if values is not None else _only(manifest_store, loadable)
     if data is not None:
         try:
             data.prefetch(_loaded_ranges(manifest_store, granule.url, loadable))
@@ -411,9 +523,7 @@ def _finish(
     from refstore import _compat
 
     try:
-        ds = _compat.virtual_dataset(
-            manifest_store._group, _only(manifest_store, loadable), list(loadable)
-        )
+        ds = _compat.virtual_dataset(manifest_store._group, loaded, list(loadable))
     except Exception as e:
         culprit = _culprit(manifest_store, loadable)
         what = f"variable {culprit!r}" if culprit else "its variables"
@@ -429,7 +539,7 @@ def _finish(
     record_attr_dtypes(ds)  # typed CF attributes survive zarr's JSON (refstore.cf)
     first = last = values = None
     if source is not None:
-        ds = _raw(ds, manifest_store, loadable)
+        ds = _raw(ds, loaded, loadable)
         ds, values = expand_granule(
             granule, spec.concat_dim, source, ds, manifest_store._group.metadata.attributes
         )
@@ -467,7 +577,7 @@ def _finish(
             "order (by key within one sync), or a concat_dim that has a coordinate",
             'Granules are never stacked in arrival order unless concat_from = "arrival".',
         )
-    ds = _raw(ds, manifest_store, loadable)
+    ds = _raw(ds, loaded, loadable)
     return VirtualGranule(
         granule=granule,
         dataset=ds,

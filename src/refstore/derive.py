@@ -1,0 +1,330 @@
+"""The loaded variables of a sidecar-built granule without a byte of the granule, once proved.
+
+Real DAAC sidecars carry every attribute and chunk reference but no values, so a granule
+built from one still read its coordinates (one ranged GET of 9-24 KB). This module lets
+later granules skip that read when the first one *proved* where the values come from:
+
+- **the concat coordinate** follows a :class:`Rule` learnt from the real values of the
+  first sidecar-built granule of its kind: its first step is a global attribute
+  (``start_time``), or the midpoint of a start/end pair (``time_coverage_start`` ..
+  ``time_coverage_end``), later steps at the learnt offsets; or its raw values repeat and
+  only the sidecar's ``units`` move (RSS SSMIS: ``[1, 2] hours since <the day>``). A rule
+  is kept only if it reproduces the real raw values exactly (dtype included), encoded in
+  the sidecar's own ``units``/``calendar``/dtype;
+- **the other loaded variables** (lat, lon, crs: written once, compared on later
+  granules) take the proved granule's values when the sidecar describes them exactly as
+  it did (shape, dtype, codecs, fill value, attributes *and* compressed chunk lengths;
+  an uncompressed array is always read, its length says nothing):
+  :func:`describe` is that description, and its hash (:func:`key`) names the proof.
+
+What this does not prove: that equal chunk references hold equal bytes, or that a later
+granule's attribute still says what its coordinate holds. :func:`sampled` picks about
+one granule in :data:`CHECK_EVERY` whose values are read anyway and compared with the
+rule (a mismatch drops the proof); ``refstore verify`` compares the coordinate of every
+step it samples with the file. Pure: no I/O; :mod:`refstore.virtualize` wires it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CHECK_EVERY",
+    "Proof",
+    "Rule",
+    "apply",
+    "describe",
+    "key",
+    "learn",
+    "sampled",
+]
+
+CHECK_EVERY = 25  # one derived granule in this many is read and compared (by key hash)
+# Global attributes tried as the first step, in this order; then any other ISO date-time.
+_FIRST = (
+    "time_coverage_start",
+    "start_time",
+    "begin_time",
+    "RangeBeginningDateTime",
+    "time_coverage_end",
+    "stop_time",
+    "end_time",
+    "RangeEndingDateTime",
+)
+_PAIRS = (
+    ("time_coverage_start", "time_coverage_end"),
+    ("start_time", "stop_time"),
+    ("begin_time", "end_time"),
+    ("RangeBeginningDateTime", "RangeEndingDateTime"),
+)
+_MOVING = ("units",)  # the concat coordinate's attributes a rule reads, not compares
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """How a granule's concat coordinate follows from its sidecar's attributes.
+
+    ``kind``: ``"attr"`` (first step = global attribute ``names[0]``), ``"mid"`` (first
+    step = midpoint of ``names[0]`` and ``names[1]``), ``"same"`` (raw values ``raw``,
+    decoded with the sidecar's own units). ``steps_ns``: each step's offset from the
+    first, in nanoseconds (``"attr"``/``"mid"``).
+    """
+
+    kind: str
+    names: tuple[str, ...] = ()
+    steps_ns: tuple[int, ...] = (0,)
+    raw: tuple[Any, ...] = ()
+
+    def describe(self) -> str:
+        """The rule in words (logs and reports)."""
+        if self.kind == "attr":
+            return f"{self.names[0]} (global attribute)"
+        if self.kind == "mid":
+            return f"midpoint of {self.names[0]} and {self.names[1]}"
+        return f"raw values {list(self.raw)} in the sidecar's units"
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """A rule proved on one granule, and the values of its other loaded variables."""
+
+    key: str  # :func:`key` of the proved granule's sidecar description
+    rule: Rule
+    loaded: dict[str, Any]  # name -> raw numpy values (loaded variables but the concat one)
+    proved_on: str = ""  # the granule key it was proved on
+
+    def to_json(self) -> str:
+        r = self.rule
+        return json.dumps(
+            {
+                "key": self.key,
+                "proved_on": self.proved_on,
+                "rule": {
+                    "kind": r.kind,
+                    "names": list(r.names),
+                    "steps_ns": list(r.steps_ns),
+                    "raw": list(r.raw),
+                },
+                "loaded": {n: _pack(v) for n, v in sorted(self.loaded.items())},
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Proof | None:
+        """The proof; None if the text is unreadable (then nothing is derived)."""
+        try:
+            d = json.loads(text)
+            r = d["rule"]
+            rule = Rule(str(r["kind"]), tuple(r["names"]), tuple(r["steps_ns"]), tuple(r["raw"]))
+            loaded = {str(n): _unpack(v) for n, v in d["loaded"].items()}
+            return cls(str(d["key"]), rule, loaded, str(d.get("proved_on", "")))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+def _pack(values: Any) -> dict[str, Any]:
+    a = np.array(values, order="C")  # ascontiguousarray would make a scalar 1-D
+    return {
+        "dtype": a.dtype.str,
+        "shape": list(a.shape),
+        "data": base64.b64encode(a.tobytes()).decode("ascii"),
+    }
+
+
+def _unpack(d: Mapping[str, Any]) -> Any:
+    raw = base64.b64decode(d["data"])
+    return np.frombuffer(raw, dtype=np.dtype(d["dtype"])).reshape(d["shape"]).copy()
+
+
+def sampled(granule_key: str) -> bool:
+    """Whether this granule's values are read and compared with the proved rule anyway
+    (about one in :data:`CHECK_EVERY`, the same granules every run)."""
+    digest = hashlib.sha256(granule_key.encode()).hexdigest()
+    return int(digest[:8], 16) % CHECK_EVERY == 0
+
+
+# -- the sidecar's description of the loaded variables ----------------------------------------
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+def describe(group: Any, loadable: Sequence[str], concat_dim: str) -> dict[str, Any] | None:
+    """What the sidecar (a ``ManifestGroup``) says about the loaded variables; None if
+    they cannot be derived (a loaded variable along the concat dim other than its
+    coordinate, or a coordinate that is not 1-D)."""
+    out: dict[str, Any] = {}
+    for name in sorted(loadable):
+        arr = group.arrays.get(name)
+        if arr is None:
+            return None
+        meta = arr.metadata
+        dims = [str(d) for d in (meta.dimension_names or ())]
+        if concat_dim in dims and (name != concat_dim or dims != [concat_dim]):
+            return None
+        attrs = dict(meta.attributes)
+        entry: dict[str, Any] = {
+            "dims": dims,
+            "shape": [int(n) for n in meta.shape],
+            "dtype": str(meta.data_type),
+            "chunks": [int(c) for c in meta.chunks],
+            "codecs": [c.to_dict() for c in meta.codecs],
+            "fill": _plain(meta.fill_value),
+        }
+        if name == concat_dim:
+            entry["attrs"] = {k: v for k, v in attrs.items() if k not in _MOVING}
+        else:
+            entry["attrs"] = attrs
+            # Compressed lengths, not offsets: where a chunk lies says nothing of what it
+            # holds (RSS SSMIS moves lat/lon by a few bytes of attributes a year apart).
+            entry["lengths"] = sorted((k, int(e["length"])) for k, e in arr.manifest.dict().items())
+            if len(meta.codecs) < 2 and meta.shape:  # raw bytes: any grid has these lengths
+                return None
+        out[name] = entry
+    return out if concat_dim in out else None
+
+
+def key(description: Mapping[str, Any]) -> str:
+    """A stable hash of :func:`describe`'s output."""
+    text = json.dumps(description, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+# -- rules ------------------------------------------------------------------------------------
+def _instant(attrs: Mapping[str, Any], name: str) -> int | None:
+    """Global attribute ``name`` as ns since 1970 (ISO 8601 text); None if it is not one."""
+    raw = attrs.get(name)
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    if isinstance(raw, np.ndarray) and raw.size == 1:
+        raw = raw.item()
+    if not isinstance(raw, str) or len(raw.strip()) < 10:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return int(np.datetime64(moment, "ns").astype(np.int64))
+
+
+def _is_time(var_attrs: Mapping[str, Any]) -> bool:
+    units = var_attrs.get("units")
+    return isinstance(units, str) and " since " in units
+
+
+def _decode(raw: Any, var_attrs: Mapping[str, Any]) -> Any:
+    from xarray.coding.times import decode_cf_datetime
+
+    values = decode_cf_datetime(np.asarray(raw), str(var_attrs["units"]), var_attrs.get("calendar"))
+    return np.asarray(values).astype("datetime64[ns]").astype(np.int64)
+
+
+def _encode(ns: Any, var_attrs: Mapping[str, Any], dtype: Any) -> tuple[Any, str | None]:
+    """``ns`` (int64 ns since 1970) in the variable's units/calendar/dtype, exactly."""
+    from xarray.coding.times import encode_cf_datetime
+
+    moments = np.asarray(ns, dtype=np.int64).astype("datetime64[ns]")
+    units, calendar = str(var_attrs["units"]), var_attrs.get("calendar")
+    try:
+        with warnings.catch_warnings():
+            # xarray falls back to finer units when these are not exact: the check below
+            # (decoded in the sidecar's own units) refuses that, so the advice is noise.
+            warnings.simplefilter("ignore")
+            encoded, _, _ = encode_cf_datetime(moments, units, calendar, dtype=np.dtype(dtype))
+        raw = np.asarray(encoded).astype(dtype)
+        back = _decode(raw, var_attrs)
+    except Exception as e:
+        return None, f"cannot be encoded in {units!r} ({type(e).__name__}: {e})"
+    if not np.array_equal(back, np.asarray(ns, dtype=np.int64)):
+        return None, f"is not exact in {units!r} as {np.dtype(dtype)}"
+    return raw, None
+
+
+def _anchor(rule: Rule, attrs: Mapping[str, Any]) -> tuple[int | None, str | None]:
+    if rule.kind == "attr":
+        at = _instant(attrs, rule.names[0])
+        return at, None if at is not None else f"no date-time in attribute {rule.names[0]}"
+    a, b = (_instant(attrs, n) for n in rule.names)
+    if a is None or b is None:
+        return None, f"no date-times in attributes {rule.names[0]}, {rule.names[1]}"
+    if (b - a) % 2:
+        return None, f"{rule.names[0]}..{rule.names[1]} has no whole-nanosecond midpoint"
+    return a + (b - a) // 2, None
+
+
+def apply(
+    rule: Rule,
+    global_attrs: Mapping[str, Any],
+    var_attrs: Mapping[str, Any],
+    dtype: Any,
+    length: int,
+) -> tuple[Any, str | None]:
+    """The raw coordinate values ``rule`` gives for a granule whose sidecar has these
+    attributes and a coordinate of ``length`` steps stored as ``dtype``: (values, None),
+    or (None, why not)."""
+    steps = len(rule.raw) if rule.kind == "same" else len(rule.steps_ns)
+    if length != steps:
+        return None, f"{length} steps in the sidecar, the rule has {steps}"
+    if not _is_time(var_attrs):
+        return None, "the coordinate has no time units"
+    if rule.kind == "same":
+        if var_attrs.get("units") == rule.names[0]:  # the same instants again: a duplicate
+            return None, f"units {rule.names[0]!r} as on the granule the rule was proved on"
+        return np.asarray(rule.raw).astype(dtype), None
+    first, problem = _anchor(rule, global_attrs)
+    if first is None:
+        return None, problem
+    return _encode(first + np.asarray(rule.steps_ns, dtype=np.int64), var_attrs, dtype)
+
+
+def _reproduces(rule: Rule, raw: Any, global_attrs: Any, var_attrs: Any) -> bool:
+    got, _ = apply(rule, global_attrs, var_attrs, raw.dtype, raw.size)
+    return got is not None and got.dtype == raw.dtype and bool(np.array_equal(got, raw))
+
+
+def learn(raw: Any, global_attrs: Mapping[str, Any], var_attrs: Mapping[str, Any]) -> Rule | None:
+    """The first rule that gives exactly ``raw`` (the coordinate's real raw values) from
+    these attributes, preferring a global attribute, then a midpoint, then repeated raw
+    values; None if none does."""
+    raw = np.asarray(raw)
+    if raw.ndim != 1 or raw.size == 0 or raw.dtype.kind not in "iuf":
+        return None
+    candidates: list[Rule] = []
+    if _is_time(var_attrs):
+        try:
+            ns = _decode(raw, var_attrs)
+        except Exception:
+            ns = None
+        if ns is not None:
+            steps = tuple(int(v - ns[0]) for v in ns)
+            named = [n for n in _FIRST if n in global_attrs]
+            named += sorted(str(n) for n in global_attrs if n not in _FIRST)
+            candidates += [Rule("attr", (n,), steps) for n in named if _instant(global_attrs, n)]
+            candidates += [
+                Rule("mid", p, steps) for p in _PAIRS if all(n in global_attrs for n in p)
+            ]
+        # Raw values that repeat under each granule's own epoch (RSS SSMIS: [1, 2] hours
+        # since the day); applied only where the units moved (refstore.derive.apply).
+        units = str(var_attrs["units"])
+        candidates.append(Rule("same", (units,), raw=tuple(v.item() for v in raw)))
+    return next(
+        (r for r in candidates if r.kind == "same" or _reproduces(r, raw, global_attrs, var_attrs)),
+        None,
+    )

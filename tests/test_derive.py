@@ -1,0 +1,186 @@
+"""Loaded values from a proved derivation (issue 13): with a sidecar, a granule after the
+first of its kind costs 1 request (the sidecar) and 0 bytes of the granule.
+
+The rules are pure (:mod:`refstore.derive`); the end-to-end tests sync the real GAMSSA
+pair from the loopback Range HTTP server with sidecars from the DMR++ writer fixture, and
+count what the server sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import refstore
+from refstore import derive
+from refstore.config import load_config
+from refstore.derive import Proof, Rule, apply, learn
+from refstore.verify import verify
+from tests.conftest import GRANULES
+from tests.dmrpp_writer import write_dmrpp
+from tests.helpers import assert_same_values, direct_read
+from tests.remote_env import write_config
+from tests.servers import RangeHTTPServer
+
+GAMSSA = sorted((GRANULES / "gamssa").glob("*.nc"))
+# The real attributes of the GAMSSA, MUR25 and RSS SSMIS granules in tests/data.
+GAMSSA_ATTRS = {
+    "start_time": "20241011T000000Z",
+    "time_coverage_start": "20241011T000000Z",
+    "stop_time": "20241012T000000Z",
+    "time_coverage_end": "20241012T000000Z",
+    "date_modified": "20241012T120000Z",
+}
+GAMSSA_TIME = {"units": "seconds since 1981-01-01 00:00:00", "calendar": "Standard"}
+SECONDS = np.dtype("int32")
+
+
+# -- rules: pure --------------------------------------------------------------------------------
+def test_gamssa_time_is_the_midpoint_of_its_coverage_and_the_rule_carries_to_the_next_day() -> None:
+    rule = learn(np.array([1381492800], SECONDS), GAMSSA_ATTRS, GAMSSA_TIME)
+    assert rule == Rule("mid", ("time_coverage_start", "time_coverage_end"), (0,))
+    day2 = {"time_coverage_start": "20241012T000000Z", "time_coverage_end": "20241013T000000Z"}
+    raw, problem = apply(rule, day2, GAMSSA_TIME, SECONDS, 1)
+    assert problem is None and raw.dtype == SECONDS and raw.tolist() == [1381492800 + 86400]
+
+
+def test_mur_time_is_its_start_time_attribute_not_the_coverage() -> None:
+    attrs = {
+        "start_time": "20181231T090000Z",
+        "time_coverage_start": "20181230T210000Z",
+        "time_coverage_end": "20181231T210000Z",
+    }
+    units = {"units": "seconds since 1981-01-01 00:00:00 UTC"}
+    rule = learn(np.array([1199091600], SECONDS), attrs, units)
+    assert rule is not None and (rule.kind, rule.names) == ("attr", ("start_time",))
+
+
+def test_rss_pass_index_repeats_under_each_days_units_and_never_under_the_same_units() -> None:
+    day1 = {"units": "hours since 2020-01-02T00:00:00Z"}
+    attrs = {"begin_time": "2020-01-02T00:00:00Z", "end_time": "2020-01-02T23:59:59Z"}
+    rule = learn(np.array([1, 2], "int16"), attrs, day1)
+    assert rule is not None and rule.kind == "same"
+    raw, _ = apply(rule, attrs, {"units": "hours since 2021-04-26T00:00:00Z"}, np.int16, 2)
+    assert raw.tolist() == [1, 2]
+    # Under the proved granule's own units the values would repeat its instants.
+    raw, problem = apply(rule, attrs, day1, np.int16, 2)
+    assert raw is None and problem is not None and "units" in problem
+
+
+def test_a_value_the_units_cannot_hold_exactly_or_a_changed_length_is_not_derived() -> None:
+    rule = learn(np.array([1381492800], SECONDS), GAMSSA_ATTRS, GAMSSA_TIME)
+    assert rule is not None
+    odd = {"time_coverage_start": "20241012T000000Z", "time_coverage_end": "20241012T000001Z"}
+    raw, problem = apply(rule, odd, GAMSSA_TIME, SECONDS, 1)  # 00:00:00.5 in whole seconds
+    assert raw is None and problem is not None and "exact" in problem
+    raw, problem = apply(rule, GAMSSA_ATTRS, GAMSSA_TIME, SECONDS, 2)
+    assert raw is None and problem is not None and "steps" in problem
+
+
+def test_a_proof_survives_the_ledger_text_with_a_scalar_and_an_unreadable_one_is_none() -> None:
+    proof = Proof("k", Rule("attr", ("start_time",), (0, 3600)), {"crs": np.array(7, "i4")}, "g")
+    back = Proof.from_json(proof.to_json())
+    assert back is not None and back.rule == proof.rule and back.proved_on == "g"
+    assert back.loaded["crs"].shape == () and back.loaded["crs"].dtype == np.dtype("i4")
+    assert Proof.from_json("{not json") is None
+
+
+def _described(path: Path, edit: Any = None) -> dict[str, Any] | None:
+    from refstore.dmrpp import manifest_group
+    from refstore.virtualize import choose_loadable
+    from tests.dmrpp_writer import dmrpp_text
+
+    text = dmrpp_text(path)
+    group = manifest_group((edit(text) if edit else text).encode(), f"http://daac/{path.name}")
+    dims = {n: tuple(a.metadata.dimension_names or ()) for n, a in group.arrays.items()}
+    return derive.describe(group, choose_loadable(dims, "time", None), "time")
+
+
+def test_two_days_describe_alike_unless_a_compressed_length_differs_and_raw_grids_never() -> None:
+    day1, day2 = (_described(f) for f in GAMSSA)
+    assert day1 is not None and day2 is not None and derive.key(day1) == derive.key(day2)
+    # Another compressed size of lat's chunk: another grid may hide there, so read it.
+    longer = _described(GAMSSA[1], lambda t: t.replace('nBytes="823"', 'nBytes="824"', 1))
+    assert longer is not None and derive.key(longer) != derive.key(day1)
+    # RSS SSMIS keeps lat/lon uncompressed: any grid of that shape has the same lengths.
+    assert _described(sorted((GRANULES / "rssmif16d").glob("*.nc"))[0]) is None
+
+
+# -- end to end: the loopback server counts what the granules cost ------------------------------
+def _daac(tmp_path: Path, edit_day2: Any = None) -> Path:
+    served = tmp_path / "daac"
+    served.mkdir()
+    for f in GAMSSA:
+        shutil.copy(f, served / f.name)
+    write_dmrpp(served / GAMSSA[0].name)
+    write_dmrpp(served / GAMSSA[1].name, edit=edit_day2)
+    return served
+
+
+def _config(folder: Path, urls: list[str]) -> Any:
+    (folder / "granules.txt").write_text("".join(u + "\n" for u in urls))
+    write_config(folder, {"source": {"urls_file": "granules.txt"}, "sync": {"executor": "serial"}})
+    return load_config(folder / "refstore.toml", environ={})
+
+
+@pytest.fixture
+def unsampled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No granule is picked for the sampled read (the keys carry a random port)."""
+    monkeypatch.setattr(derive, "CHECK_EVERY", 2**62)
+
+
+def _wrong_day(text: str) -> str:
+    # A sidecar whose coverage says the next day: the file's time is 2024-10-12T12:00.
+    out = text.replace("20241013T000000Z", "20241014T000000Z")
+    return out.replace("20241012T000000Z", "20241013T000000Z")
+
+
+@pytest.mark.usefixtures("unsampled")
+def test_after_the_first_granule_a_sidecar_places_a_granule_with_zero_granule_bytes(
+    tmp_path: Path,
+) -> None:
+    served = _daac(tmp_path)
+    day1, day2 = (f.name for f in GAMSSA)
+    with RangeHTTPServer(served) as srv:
+        config = _config(tmp_path, [srv.url_for(day1), srv.url_for(day2)])
+        result = refstore.sync(config)
+        assert len(result.added) == 2 and not result.quarantined
+        first, second = srv.stats(day1), srv.stats(day2)
+        assert first.bytes_sent > 0  # the first of its kind reads its coordinates (proof)
+        # The second: HEAD at discovery, its sidecar, nothing of the granule.
+        assert (second.gets, second.bytes_sent) == (0, 0), second
+        assert srv.stats(day2 + ".dmrpp").gets == 1
+        expected = direct_read(GAMSSA)
+        assert_same_values(refstore.open_dataset(config).load(), expected)
+        assert_same_values(refstore.open_dataset(config, source="export").load(), expected)
+
+
+def test_a_wrong_coverage_in_a_later_sidecar_is_caught_by_the_sampled_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(derive, "CHECK_EVERY", 1)  # every derived granule is read too
+    served = _daac(tmp_path, edit_day2=_wrong_day)
+    with RangeHTTPServer(served) as srv:
+        config = _config(tmp_path, [srv.url_for(f.name) for f in GAMSSA])
+        with caplog.at_level(logging.WARNING, logger="refstore"):
+            result = refstore.sync(config)
+        assert len(result.added) == 2
+        assert_same_values(refstore.open_dataset(config).load(), direct_read(GAMSSA))
+    assert f"{GAMSSA[1].name}: values of time differ from the derivation" in caplog.text
+    assert "refstore verify" in caplog.text
+
+
+@pytest.mark.usefixtures("unsampled")
+def test_a_wrong_coverage_placed_unsampled_is_named_by_verify(tmp_path: Path) -> None:
+    served = _daac(tmp_path, edit_day2=_wrong_day)
+    with RangeHTTPServer(served) as srv:
+        config = _config(tmp_path, [srv.url_for(f.name) for f in GAMSSA])
+        refstore.sync(config)
+        report = verify(config, sample=1, seed=0)
+    assert not report.ok
+    assert any(GAMSSA[1].name in m and "time" in m for m in report.mismatches), report.mismatches
