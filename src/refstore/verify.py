@@ -179,9 +179,23 @@ def verify(
                 # A file without the concat dim (concat_from) holds its one step whole.
                 step = var.isel({dim: index - p.offset}) if dim in var.dims else var
                 expected = np.asarray(step.values)
+                # Decoded only: the store holds later granules' times in the first's units.
+                coord = (
+                    _coordinate_problem(view, direct, dim, index, index - p.offset)
+                    if decoded
+                    else None
+                )
             problem = difference(got, expected)
             if problem:
                 report.mismatches.append(f"{where}: {problem} through the {label}")
+            if coord:
+                report.mismatches.append(
+                    f"{dim}[{index}] ({p.key}, step {index - p.offset}): {coord} through the "
+                    f"{label}; if it was placed from its DMR++ sidecar (refstore.derive), the "
+                    "sidecar's attributes disagree with the file: report it to its publisher "
+                    "and re-place the granule from the file (sync with [source] dmrpp = "
+                    '"never" into a new store)'
+                )
             if label == "repository" and got.dtype.kind == "f":
                 counts = nans.setdefault(name, [0, 0])
                 counts[0] += int(np.isnan(got).sum())
@@ -189,6 +203,18 @@ def verify(
         report.chunks_checked += 1
     report.nan_fraction = {n: round(c[0] / c[1], 6) for n, c in sorted(nans.items()) if c[1]}
     return report
+
+
+def _coordinate_problem(view: Any, direct: Any, dim: str, index: int, step: int) -> str | None:
+    """How the concat coordinate at ``index`` of ``view`` differs from the file's at
+    ``step`` (a sidecar-derived value is checked here: refstore.derive); None if equal or
+    the file has no such coordinate (concat_from)."""
+    import numpy as np
+
+    if dim not in view.variables or dim not in direct.variables or dim not in direct[dim].dims:
+        return None
+    got = np.asarray(view[dim].isel({dim: index}).values)
+    return difference(got, np.asarray(direct[dim].isel({dim: step}).values))
 
 
 def _published(
