@@ -24,7 +24,9 @@ RB  request budget per remote granule (issue 13): requests, bytes and seconds pe
     NetCDF4 granule of tests/data over the loopback Range HTTP server with 30 ms per
     request, refstore vs its previous reader, VirtualiZarr's HDFParser defaults and
     kerchunk's SingleHdf5ToZarr on the same link; and a first sync's virtualization of
-    copies of those files without sidecars in ``dmrpp = "auto"`` (refstore.sidecars).
+    copies of those files without sidecars in ``dmrpp = "auto"`` (refstore.sidecars);
+    ``refstore_from_sidecar_derived``: a granule after the first of its kind, placed from
+    its sidecar alone where a derivation was proved (refstore.derive).
 
 Granules are tiny synthetic CCMP-like files (8 x 16 grid, 4 steps each, ~40 KB) written
 once into ``<work>/pool`` and hard-linked into one source folder per N.
@@ -65,6 +67,9 @@ SIZES: dict[str, int] = {}  # url -> size, as a source's listing gives it
 # url -> where the previous granule of its collection kept its coordinates (a sync keeps
 # it in the ledger); here the file's own, as for GAMSSA's two days (equal offsets).
 HINTS: dict[str, tuple[tuple[int, int], ...]] = {}
+# url -> derivations proved on the file's own values (refstore.derive; a sync proves them
+# on the first granule of the collection and keeps them in the ledger).
+PROOFS: dict[str, tuple[str, ...]] = {}
 GRID = {"nlat": 8, "nlon": 16}
 START = dt.datetime(1990, 1, 1)
 EXTRA = 4  # granules beyond N_max: the ones P1 adds
@@ -455,13 +460,22 @@ def _readers() -> dict[str, Callable[[str, str, Any], Any]]:
         ds = store.to_virtual_dataset(loadable_variables=loadable)
         return ds.load(), store
 
-    def refstore(dmrpp: str, hinted: bool = False) -> Callable[[str, str, Any], Any]:
+    def refstore(
+        dmrpp: str, hinted: bool = False, proved: bool = False
+    ) -> Callable[[str, str, Any], Any]:
         def run(url: str, group: str, registry: Any) -> Any:
+            from refstore import derive
+
             hint = HINTS.get(url, ()) if hinted else ()
-            spec = DatasetSpec("time", group=group, dmrpp=dmrpp, coord_hint=hint)
+            proofs = PROOFS.get(url, ()) if proved else ()
+            spec = DatasetSpec("time", group=group, dmrpp=dmrpp, coord_hint=hint, proofs=proofs)
             # The size comes with the listing in a sync (HEAD, S3 list, CMR): not counted here.
             granule = Granule(url, url, "r", size=SIZES.get(url))
-            out = virtualize_granule(granule, spec, _Registry(registry))
+            every, derive.CHECK_EVERY = derive.CHECK_EVERY, 2**62  # the 24 in 25 not sampled
+            try:
+                out = virtualize_granule(granule, spec, _Registry(registry))
+            finally:
+                derive.CHECK_EVERY = every
             if not hasattr(out, "dataset"):
                 raise RuntimeError(out.reason)
             if dmrpp == "always" and out.origin != "dmrpp":
@@ -493,6 +507,7 @@ def _readers() -> dict[str, Callable[[str, str, Any], Any]]:
         "refstore_auto_no_sidecar": refstore("auto"),
         "refstore_from_sidecar": refstore("always"),
         "refstore_from_sidecar_hinted": refstore("always", hinted=True),
+        "refstore_from_sidecar_derived": refstore("always", proved=True),
         "refstore_before (64 KiB blocks)": refstore_before,
         "virtualizarr_hdfparser_defaults": hdfparser_defaults,
         "kerchunk_singlehdf5tozarr": kerchunk,
@@ -538,6 +553,7 @@ def request_budget(latency: float = LATENCY, repeat: int = REPEAT) -> dict[str, 
             SIZES[hinted] = row["bytes"]
             built = readers["refstore_from_sidecar"](hinted, group, http_registry([hinted], None))
             HINTS[hinted] = built.coord_ranges
+            PROOFS[hinted] = (built.proof,) if built.proof else ()
             for name, fn in readers.items():
                 path = f"{folder_of(name)}/{rel}"
                 url = srv.url_for(path)
