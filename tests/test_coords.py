@@ -57,3 +57,20 @@ def test_times_not_exactly_expressible_are_quarantined(make_config, incoming: Pa
         "g1.nc: time: values in 'seconds since 1990-01-01 00:00:00' cannot be expressed "
         "exactly in the store's 'days since 1990-01-01 00:00:00' as float64"
     )
+
+
+def test_integer_times_on_a_per_file_epoch_are_converted_into_the_stores_integer_dtype() -> None:
+    # RSS SSMIS: int16 "hours since <the file's day>"; xarray encodes to int64 whatever
+    # dtype is asked, which alone must not refuse an exact conversion.
+    from refstore.coords import CoordEncoding, express_in
+
+    later = xr.Dataset(
+        coords={"time": ("time", np.array([1, 2], "i2"), {"units": "hours since 2021-04-26"})}
+    )
+    ref = CoordEncoding.of("int16", {"units": "hours since 2020-01-02"})
+    out, problem = express_in(later, "time", ref)
+    assert problem is None
+    assert out["time"].dtype == np.dtype("i2") and out["time"].values.tolist() == [11521, 11522]
+    # One that does not fit the store's dtype is still refused, not wrapped.
+    far = later.assign_coords(time=later["time"].assign_attrs(units="hours since 2030-01-01"))
+    assert express_in(far, "time", ref)[1] is not None

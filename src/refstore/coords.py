@@ -120,11 +120,13 @@ def express_in(ds: Any, concat_dim: str, ref: CoordEncoding) -> tuple[Any, str |
 
         decoded = _decode_times(var.values, their_units, mine.get("calendar"))
         try:
-            encoded, _, _ = encode_cf_datetime(decoded, units, calendar, dtype=np.dtype(ref.dtype))
+            wide, _, _ = encode_cf_datetime(decoded, units, calendar, dtype=np.dtype(ref.dtype))
+            # xarray returns int64 for an integer dtype: narrowed only where nothing is lost.
+            encoded = np.asarray(wide).astype(ref.dtype)
             back = _decode_times(encoded, units, calendar)
         except Exception as e:
             return ds, f"{name}: cannot be expressed in the store's units {units!r} ({e})"
-        if np.asarray(encoded).dtype != np.dtype(ref.dtype) or not _equal(back, decoded):
+        if not np.array_equal(encoded, np.asarray(wide)) or not _equal(back, decoded):
             return ds, (
                 f"{name}: values in {their_units!r} cannot be expressed exactly in the "
                 f"store's {units!r} as {ref.dtype}"
