@@ -184,3 +184,56 @@ def test_a_wrong_coverage_placed_unsampled_is_named_by_verify(tmp_path: Path) ->
         report = verify(config, sample=1, seed=0)
     assert not report.ok
     assert any(GAMSSA[1].name in m and "time" in m for m in report.mismatches), report.mismatches
+
+
+def _epoch_granule(path: Path, day: int, hours: list[int]) -> Path:
+    """A small netCDF-4 granule whose time is ``hours`` since its own day (compressed lat
+    and lon), as products with a per-file epoch write it."""
+    import pandas as pd
+    import xarray as xr
+
+    epoch = pd.Timestamp("2024-10-01") + pd.Timedelta(days=day)
+    times = [epoch + pd.Timedelta(hours=h) for h in hours]
+    lat, lon = np.linspace(-60, 60, 24, dtype="f4"), np.linspace(0, 350, 36, dtype="f4")
+    sst = np.full((len(hours), lat.size, lon.size), 290.0 + day, dtype="f4")
+    ds = xr.Dataset(
+        {"sst": (("time", "lat", "lon"), sst)},
+        coords={"time": times, "lat": lat, "lon": lon},
+    )
+    units = f"hours since {epoch:%Y-%m-%dT%H:%M:%S}Z"
+    zlib = {"zlib": True, "_FillValue": None}
+    ds.to_netcdf(
+        path,
+        engine="h5netcdf",
+        encoding={
+            "time": {"dtype": "int32", "units": units},
+            "lat": zlib,
+            "lon": zlib,
+            "sst": {"zlib": True},
+        },
+    )
+    write_dmrpp(path)
+    return path
+
+
+@pytest.mark.usefixtures("unsampled")
+def test_repeated_raw_values_are_applied_only_after_a_second_granule_shows_them(
+    tmp_path: Path,
+) -> None:
+    served = tmp_path / "daac"
+    served.mkdir()
+    # Day 2's raw values differ from day 1's: one granule cannot tell repeating raw
+    # values from a coincidence, so day 1's rule must not place day 2.
+    days = {1: [0, 12], 2: [6, 18], 3: [0, 12], 4: [0, 12]}
+    files = [_epoch_granule(served / f"epoch_{d}.nc", d, h) for d, h in days.items()]
+    with RangeHTTPServer(served) as srv:
+        config = _config(tmp_path, [srv.url_for(f.name) for f in files[:3]])
+        assert len(refstore.sync(config).added) == 3
+        assert all(srv.stats(f.name).bytes_sent > 0 for f in files[:3])
+        with (tmp_path / "granules.txt").open("a") as out:
+            out.write(srv.url_for(files[3].name) + "\n")
+        srv.reset_stats()
+        assert len(refstore.sync(config).added) == 1
+        # Day 3 showed day 1's raw values again under its own units: day 4 reads nothing.
+        assert srv.stats(files[3].name).bytes_sent == 0
+        assert_same_values(refstore.open_dataset(config).load(), direct_read(files))

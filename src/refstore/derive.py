@@ -101,6 +101,10 @@ class Proof:
     rule: Rule
     loaded: dict[str, Any]  # name -> raw numpy values (loaded variables but the concat one)
     proved_on: str = ""  # the granule key it was proved on
+    # Whether it may be applied: a rule tied to an attribute is, once it reproduced one
+    # granule; repeated raw values reproduce any single granule, so they wait for a
+    # second granule, under other units, to show them again.
+    confirmed: bool = True
 
     def to_json(self) -> str:
         r = self.rule
@@ -115,6 +119,7 @@ class Proof:
                     "raw": list(r.raw),
                 },
                 "loaded": {n: _pack(v) for n, v in sorted(self.loaded.items())},
+                "confirmed": self.confirmed,
             },
             sort_keys=True,
         )
@@ -127,7 +132,8 @@ class Proof:
             r = d["rule"]
             rule = Rule(str(r["kind"]), tuple(r["names"]), tuple(r["steps_ns"]), tuple(r["raw"]))
             loaded = {str(n): _unpack(v) for n, v in d["loaded"].items()}
-            return cls(str(d["key"]), rule, loaded, str(d.get("proved_on", "")))
+            proved_on, confirmed = str(d.get("proved_on", "")), bool(d.get("confirmed", False))
+            return cls(str(d["key"]), rule, loaded, proved_on, confirmed)
         except (ValueError, TypeError, KeyError):
             return None
 

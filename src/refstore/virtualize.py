@@ -278,9 +278,11 @@ def _from_sidecar(granule: Granule, spec: DatasetSpec, registry: Any) -> Virtual
     values = None
     if proof is not None and described is not None:
         values = _derived(proof, group, spec.concat_dim, tuple(described))
+    # Applied only where confirmed, and not on the sampled granules (read and compared).
+    use = values if proof is not None and proof.confirmed else None
     try:
-        if values is not None and not derive.sampled(granule.key):
-            vg = _finish(granule, spec, manifest_store, "hdf5", None, _values_store(group, values))
+        if use is not None and not derive.sampled(granule.key):
+            vg = _finish(granule, spec, manifest_store, "hdf5", None, _values_store(group, use))
             return replace(vg, origin="dmrpp", derived=True)
         vg = replace(_finish(granule, spec, manifest_store, "hdf5", data), origin="dmrpp")
     except GranuleError as e:
@@ -325,8 +327,11 @@ def _learnt(
         if derived is not None and not np.array_equal(derived[dim], raw):
             wrong.insert(0, dim)
         if derived is not None and not wrong:
-            return vg  # the proof holds here too
-        if wrong:
+            if proof.confirmed:
+                return vg  # the proof holds here too
+            shown = replace(proof, proved_on=vg.granule.key, confirmed=True)
+            return replace(vg, proof=shown.to_json())  # a second granule showed it again
+        if wrong and proof.confirmed:
             note = (
                 f"values of {', '.join(wrong)} differ from the derivation proved on "
                 f"{proof.proved_on} ({proof.rule.describe()}); read from the file"
@@ -341,7 +346,7 @@ def _learnt(
         for n, v in vg.dataset.variables.items()
         if n != dim and n in group.arrays and not hasattr(v.data, "manifest")
     }
-    made = derive.Proof(proof_key, rule, loaded, vg.granule.key)
+    made = derive.Proof(proof_key, rule, loaded, vg.granule.key, confirmed=rule.kind != "same")
     return replace(vg, proof=made.to_json())
 
 
