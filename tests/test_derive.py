@@ -237,3 +237,39 @@ def test_repeated_raw_values_are_applied_only_after_a_second_granule_shows_them(
         # Day 3 showed day 1's raw values again under its own units: day 4 reads nothing.
         assert srv.stats(files[3].name).bytes_sent == 0
         assert_same_values(refstore.open_dataset(config).load(), direct_read(files))
+
+
+def test_an_unconfirmed_derivation_leaves_the_coordinates_read_in_the_sidecars_round_trip(
+    tmp_path: Path,
+) -> None:
+    from dataclasses import replace
+
+    from refstore.models import Granule
+    from refstore.sources.https import http_registry
+    from refstore.virtualize import HINT_MARGIN, DatasetSpec, virtualize_granule
+
+    served = tmp_path / "daac"
+    served.mkdir()
+    day1, day2 = (_epoch_granule(served / f"epoch_{d}.nc", d, [0, 12]) for d in (1, 2))
+    with RangeHTTPServer(served) as srv:
+        urls = [srv.url_for(f.name) for f in (day1, day2)]
+
+        class Source:
+            def registry(self) -> Any:
+                return http_registry(urls, None)
+
+        spec = DatasetSpec("time", dmrpp="always")
+        g1, g2 = (
+            Granule(u, u, "r", size=f.stat().st_size)
+            for u, f in zip(urls, (day1, day2), strict=True)
+        )
+        first = virtualize_granule(g1, spec, Source())
+        assert first.proof is not None and not Proof.from_json(first.proof).confirmed
+        srv.reset_stats()
+        hinted = replace(spec, coord_hint=first.coord_ranges, proofs=(first.proof,))
+        second = virtualize_granule(g2, hinted, Source())
+        st = srv.stats(day2.name)
+    # Read while the sidecar was fetched: the hint (widened by the margin), not after it.
+    assert st.gets == 1 and st.ranges[0][0] <= min(o for o, _ in first.coord_ranges) - HINT_MARGIN
+    assert not second.derived and second.proof is not None  # day 2 confirmed it
+    assert Proof.from_json(second.proof).confirmed

@@ -255,8 +255,10 @@ def _from_sidecar(granule: Granule, spec: DatasetSpec, registry: Any) -> Virtual
     store, path = registry.resolve(granule.url)
     data = GranuleBytes(store, path, granule.size, block=512)  # the coordinates, near exact
     expected = granule.sidecar is not None or spec.dmrpp == "always" or spec.hint_guessed
-    # With a proved derivation, guessing would read what the derivation makes unneeded.
-    hint = spec.coord_hint if expected and granule.size and not spec.proofs else ()
+    proofs = [p for p in map(derive.Proof.from_json, spec.proofs) if p is not None]
+    # With a confirmed derivation, guessing would read what the derivation makes unneeded.
+    applies = any(p.confirmed for p in proofs)
+    hint = spec.coord_hint if expected and granule.size and not applies else ()
     guess = _hinted(data, hint) if hint else None  # no bytes wasted where a 404 is likely
     try:
         text = dmrpp.fetch_sidecar(registry, granule.url, granule.sidecar)
@@ -272,9 +274,7 @@ def _from_sidecar(granule: Granule, spec: DatasetSpec, registry: Any) -> Virtual
     source, loadable = _plan_load(granule, spec, group.arrays)
     described = derive.describe(group, loadable, spec.concat_dim) if source is None else None
     proof_key = derive.key(described) if described is not None else None
-    proof = next(
-        (p for p in map(derive.Proof.from_json, spec.proofs) if p and p.key == proof_key), None
-    )
+    proof = next((p for p in proofs if p.key == proof_key), None)
     values = None
     if proof is not None and described is not None:
         values = _derived(proof, group, spec.concat_dim, tuple(described))
