@@ -273,3 +273,23 @@ def test_an_unconfirmed_derivation_leaves_the_coordinates_read_in_the_sidecars_r
     assert st.gets == 1 and st.ranges[0][0] <= min(o for o, _ in first.coord_ranges) - HINT_MARGIN
     assert not second.derived and second.proof is not None  # day 2 confirmed it
     assert Proof.from_json(second.proof).confirmed
+
+
+def test_the_ledger_keeps_a_known_derivation_until_a_confirmed_one_or_a_contradiction() -> None:
+    from types import SimpleNamespace
+
+    from refstore.sync import _learn_proofs
+
+    def result(proof: Proof | None, disproved: str | None = None) -> Any:
+        return SimpleNamespace(proof=proof.to_json() if proof else None, disproved=disproved)
+
+    same = Rule("same", ("hours since 2024-10-02",), raw=(0, 12))
+    first = Proof("k", same, {}, "day1", confirmed=False)
+    proofs: dict[str, str] = {}
+    assert _learn_proofs(proofs, [result(first)]) and proofs["k"] == first.to_json()
+    # Learnt again unconfirmed (other raw values): no ledger write per granule.
+    other = Proof("k", Rule("same", ("hours since 2024-10-03",), raw=(6, 18)), {}, "day2", False)
+    assert not _learn_proofs(proofs, [result(other)]) and proofs["k"] == first.to_json()
+    shown = Proof("k", same, {}, "day3", confirmed=True)
+    assert _learn_proofs(proofs, [result(shown)]) and proofs["k"] == shown.to_json()
+    assert _learn_proofs(proofs, [result(None, disproved="k")]) and proofs == {}

@@ -72,7 +72,9 @@ def _read_proofs(text: str | None) -> dict[str, str]:
 
 def _learn_proofs(proofs: dict[str, str], granules: Sequence[VirtualGranule]) -> bool:
     """Add the derivations ``granules`` proved to ``proofs``, drop those they contradict;
-    whether anything changed."""
+    whether anything changed. A known one is replaced only by a confirmed one: an
+    unconfirmed rule learnt again on every granule (raw values that never repeat) would
+    rewrite the ledger per granule for nothing."""
     from refstore.derive import Proof
 
     changed = False
@@ -80,7 +82,9 @@ def _learn_proofs(proofs: dict[str, str], granules: Sequence[VirtualGranule]) ->
         if vg.disproved is not None and proofs.pop(vg.disproved, None) is not None:
             changed = True
         made = Proof.from_json(vg.proof) if vg.proof else None
-        if made is not None and proofs.get(made.key) != vg.proof:
+        if made is None or proofs.get(made.key) == vg.proof:
+            continue
+        if made.key not in proofs or made.confirmed:
             proofs[made.key] = vg.proof or ""
             changed = True
     return changed
