@@ -31,7 +31,7 @@ import hashlib
 import json
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,10 +42,13 @@ __all__ = [
     "Proof",
     "Rule",
     "apply",
+    "check_or_learn",
+    "derived_values",
     "describe",
     "key",
     "learn",
     "sampled",
+    "values_store",
 ]
 
 CHECK_EVERY = 25  # one derived granule in this many is read and compared (by key hash)
@@ -334,3 +337,85 @@ def learn(raw: Any, global_attrs: Mapping[str, Any], var_attrs: Mapping[str, Any
         (r for r in candidates if r.kind == "same" or _reproduces(r, raw, global_attrs, var_attrs)),
         None,
     )
+
+
+# -- wiring on a sidecar's ManifestGroup (used by refstore.virtualize) ----------------------
+def derived_values(
+    proof: Proof, group: Any, dim: str, names: tuple[str, ...]
+) -> dict[str, Any] | None:
+    """The raw values of the loaded variables ``names`` from ``proof`` for this sidecar;
+    None if its rule does not apply (the granule's values are then read)."""
+    if set(proof.loaded) | {dim} != set(names):
+        return None
+    coord = group.arrays[dim].metadata
+    dtype = np.dtype(coord.data_type.to_native_dtype())
+    raw, _ = apply(
+        proof.rule, group.metadata.attributes, coord.attributes, dtype, int(coord.shape[0])
+    )
+    return None if raw is None else {**proof.loaded, dim: raw}
+
+
+def check_or_learn(
+    vg: Any,
+    group: Any,
+    dim: str,
+    proved: tuple[str, Proof | None],
+    derived: dict[str, Any] | None,
+) -> Any:
+    """``vg`` (a :class:`~refstore.virtualize.VirtualGranule`, its loaded values read)
+    with the derivation they prove (``proof``), or the proof they contradict
+    (``disproved``). ``proved``: the sidecar's :func:`key` and the proof of that key in
+    use, if any; ``derived``: what that proof gave for this sidecar, if it applied."""
+    proof_key, proof = proved
+    raw = np.asarray(vg.dataset.variables[dim].values)
+    if proof is not None:
+        loaded = {n: np.asarray(vg.dataset.variables[n].values) for n in proof.loaded}
+        wrong = [n for n, v in loaded.items() if not np.array_equal(v, proof.loaded[n])]
+        if derived is not None and not np.array_equal(derived[dim], raw):
+            wrong.insert(0, dim)
+        if derived is not None and not wrong:
+            if proof.confirmed:
+                return vg  # the proof holds here too
+            shown = replace(proof, proved_on=vg.granule.key, confirmed=True)
+            return replace(vg, proof=shown.to_json())  # a second granule showed it again
+        if wrong and proof.confirmed:
+            note = (
+                f"values of {', '.join(wrong)} differ from the derivation proved on "
+                f"{proof.proved_on} ({proof.rule.describe()}); read from the file"
+            )
+            return replace(vg, disproved=proof.key, note=note)
+    # No proof for this sidecar yet, or its rule does not apply here: learn one.
+    rule = learn(raw, group.metadata.attributes, group.arrays[dim].metadata.attributes)
+    if rule is None:
+        return vg
+    loaded = {
+        n: np.asarray(vg.dataset.variables[n].values)
+        for n, v in vg.dataset.variables.items()
+        if n != dim and n in group.arrays and not hasattr(v.data, "manifest")
+    }
+    made = Proof(proof_key, rule, loaded, vg.granule.key, confirmed=rule.kind != "same")
+    return replace(vg, proof=made.to_json())
+
+
+def values_store(group: Any, values: dict[str, Any]) -> Any:
+    """An in-memory zarr store holding ``values`` as the sidecar describes their arrays
+    (dtype, shape, fill value, attributes, dimension names): what xarray opens in place of
+    the granule's chunks."""
+    import zarr
+
+    store = zarr.storage.MemoryStore()
+    root = zarr.create_group(store, zarr_format=3, attributes=dict(group.metadata.attributes))
+    for name, v in values.items():
+        meta = group.arrays[name].metadata
+        arr = root.create_array(
+            name,
+            shape=tuple(meta.shape),
+            dtype=np.asarray(v).dtype,
+            chunks=tuple(meta.chunks),
+            fill_value=meta.fill_value,
+            attributes=dict(meta.attributes),
+            dimension_names=meta.dimension_names,
+            compressors=None,
+        )
+        arr[...] = np.asarray(v)
+    return store

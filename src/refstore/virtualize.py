@@ -277,101 +277,24 @@ def _from_sidecar(granule: Granule, spec: DatasetSpec, registry: Any) -> Virtual
     proof = next((p for p in proofs if p.key == proof_key), None)
     values = None
     if proof is not None and described is not None:
-        values = _derived(proof, group, spec.concat_dim, tuple(described))
+        values = derive.derived_values(proof, group, spec.concat_dim, tuple(described))
     # Applied only where confirmed, and not on the sampled granules (read and compared).
     use = values if proof is not None and proof.confirmed else None
     try:
         if use is not None and not derive.sampled(granule.key):
-            vg = _finish(granule, spec, manifest_store, "hdf5", None, _values_store(group, use))
+            vg = _finish(
+                granule, spec, manifest_store, "hdf5", None, derive.values_store(group, use)
+            )
             return replace(vg, origin="dmrpp", derived=True)
         vg = replace(_finish(granule, spec, manifest_store, "hdf5", data), origin="dmrpp")
     except GranuleError as e:
         raise dmrpp.SidecarError(f"sidecar-built granule failed: {e.message}") from e
     if proof_key is None:
         return vg
-    return _learnt(vg, group, spec.concat_dim, (proof_key, proof), values)
-
-
-def _derived(proof: Any, group: Any, dim: str, names: tuple[str, ...]) -> dict[str, Any] | None:
-    """The raw values of the loaded variables ``names`` from ``proof`` for this sidecar;
-    None if its rule does not apply (the granule's values are then read)."""
-    from refstore import derive
-
-    if set(proof.loaded) | {dim} != set(names):
-        return None
-    coord = group.arrays[dim].metadata
-    dtype = np.dtype(coord.data_type.to_native_dtype())
-    raw, _ = derive.apply(
-        proof.rule, group.metadata.attributes, coord.attributes, dtype, int(coord.shape[0])
+    checked: VirtualGranule = derive.check_or_learn(
+        vg, group, spec.concat_dim, (proof_key, proof), values
     )
-    return None if raw is None else {**proof.loaded, dim: raw}
-
-
-def _learnt(
-    vg: VirtualGranule,
-    group: Any,
-    dim: str,
-    proved: tuple[str, Any],
-    derived: dict[str, Any] | None,
-) -> VirtualGranule:
-    """``vg`` (its loaded values read) with the derivation they prove, or the proof they
-    contradict (``disproved``). ``proved``: the sidecar's :func:`refstore.derive.key` and
-    the proof of that key in use, if any."""
-    from refstore import derive
-
-    proof_key, proof = proved
-    raw = np.asarray(vg.dataset.variables[dim].values)
-    if proof is not None:
-        loaded = {n: np.asarray(vg.dataset.variables[n].values) for n in proof.loaded}
-        wrong = [n for n, v in loaded.items() if not np.array_equal(v, proof.loaded[n])]
-        if derived is not None and not np.array_equal(derived[dim], raw):
-            wrong.insert(0, dim)
-        if derived is not None and not wrong:
-            if proof.confirmed:
-                return vg  # the proof holds here too
-            shown = replace(proof, proved_on=vg.granule.key, confirmed=True)
-            return replace(vg, proof=shown.to_json())  # a second granule showed it again
-        if wrong and proof.confirmed:
-            note = (
-                f"values of {', '.join(wrong)} differ from the derivation proved on "
-                f"{proof.proved_on} ({proof.rule.describe()}); read from the file"
-            )
-            return replace(vg, disproved=proof.key, note=note)
-    # No proof for this sidecar yet, or its rule does not apply here: learn one.
-    rule = derive.learn(raw, group.metadata.attributes, group.arrays[dim].metadata.attributes)
-    if rule is None:
-        return vg
-    loaded = {
-        n: np.asarray(vg.dataset.variables[n].values)
-        for n, v in vg.dataset.variables.items()
-        if n != dim and n in group.arrays and not hasattr(v.data, "manifest")
-    }
-    made = derive.Proof(proof_key, rule, loaded, vg.granule.key, confirmed=rule.kind != "same")
-    return replace(vg, proof=made.to_json())
-
-
-def _values_store(group: Any, values: dict[str, Any]) -> Any:
-    """An in-memory zarr store holding ``values`` as the sidecar describes their arrays
-    (dtype, shape, fill value, attributes, dimension names): what xarray opens in place of
-    the granule's chunks."""
-    import zarr
-
-    store = zarr.storage.MemoryStore()
-    root = zarr.create_group(store, zarr_format=3, attributes=dict(group.metadata.attributes))
-    for name, v in values.items():
-        meta = group.arrays[name].metadata
-        arr = root.create_array(
-            name,
-            shape=tuple(meta.shape),
-            dtype=np.asarray(v).dtype,
-            chunks=tuple(meta.chunks),
-            fill_value=meta.fill_value,
-            attributes=dict(meta.attributes),
-            dimension_names=meta.dimension_names,
-            compressors=None,
-        )
-        arr[...] = np.asarray(v)
-    return store
+    return checked
 
 
 def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule:
