@@ -21,7 +21,8 @@ What this does not prove: that equal chunk references hold equal bytes, or that 
 granule's attribute still says what its coordinate holds. :func:`sampled` picks about
 one granule in :data:`CHECK_EVERY` whose values are read anyway and compared with the
 rule (a mismatch drops the proof); ``refstore verify`` compares the coordinate of every
-step it samples with the file. Pure: no I/O; :mod:`refstore.virtualize` wires it.
+step it samples with the file. No I/O here: the rules are pure, and the helpers at the end
+work on a parsed sidecar (a ``ManifestGroup``) for :mod:`refstore.virtualize`.
 """
 
 from __future__ import annotations
