@@ -53,6 +53,7 @@ class DatasetSpec:
     loadable_variables: tuple[str, ...] | None = None
     drop_variables: tuple[str, ...] = ()
     group: str = ""
+    groups: tuple[str, ...] = ()  # a whole hierarchy: ("*",) or the groups (refstore.hierarchy)
     dmrpp: str = "never"  # "auto" | "never" | "always": build from <url>.dmrpp (refstore.dmrpp)
     concat_from: str = "auto"  # a file without the concat dim: refstore.concat_from
     # Where the previous granule kept its loaded variables, ``(offset, length)``: read
@@ -298,6 +299,8 @@ def _parse_file(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGr
     drop = list(spec.drop_variables) or None
     group = spec.group or None
     parser: Any
+    if fmt == "hdf5" and spec.groups:
+        return _parse_hierarchy(granule, spec, data, registry)
     if fmt == "hdf5":
         parser = HDFParser(
             group=group, drop_variables=drop, reader_factory=lambda _s, _p: data.reader()
@@ -317,6 +320,85 @@ def _parse_file(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGr
     except Exception as e:
         raise GranuleError(f"{granule.key}: {fmt} parser failed: {_short(e)}") from e
     return _finish(granule, spec, manifest_store, fmt, data)
+
+
+def _in_group(names: Iterable[str] | None, group: str) -> tuple[str, ...] | None:
+    """The names (``product/no2``, or ``crs`` in the root) that belong to ``group``."""
+    from refstore.hierarchy import group_of
+
+    if names is None:
+        return None
+    return tuple(b for g, b in map(group_of, names) if g == group)
+
+
+def _parse_hierarchy(
+    granule: Granule, spec: DatasetSpec, data: GranuleBytes, registry: Any
+) -> VirtualGranule:
+    """Every wanted group of the granule as one flat dataset (:mod:`refstore.hierarchy`):
+    a group along the concat dim is read as a store of that group alone would read it
+    (with its parents' coordinate), one without it is loaded whole (static support data,
+    compared on every later granule like any variable without the concat dim)."""
+    from virtualizarr.parsers import HDFParser
+
+    from refstore import _compat, hierarchy
+
+    try:
+        present = hierarchy.file_groups(data.reader())
+    except Exception as e:
+        raise GranuleError(f"{granule.key}: hdf5 groups cannot be listed: {_short(e)}") from e
+    parts: dict[str, Any] = {}
+    along: list[VirtualGranule] = []
+    dim = spec.concat_dim
+    for group in hierarchy.wanted_groups(spec.groups, present, granule.key):
+        own = replace(
+            spec,
+            group=group,
+            groups=(),
+            drop_variables=_in_group(spec.drop_variables, group) or (),
+            loadable_variables=_in_group(spec.loadable_variables, group),
+        )
+        drop = list(own.drop_variables) or None
+        try:
+            parser = HDFParser(
+                group=group or None,
+                drop_variables=drop,
+                reader_factory=lambda _s, _p: data.reader(),
+            )
+            manifest_store = parser(url=granule.url, registry=registry)
+            if group:
+                manifest_store = _with_parent_coordinate(
+                    manifest_store, granule, own, data, registry
+                )
+        except Exception as e:
+            problem = f"group {group!r}: hdf5 parser failed: {_short(e)}"
+            raise GranuleError(f"{granule.key}: {problem}") from e
+        arrays = manifest_store._group.arrays
+        if any(dim in (a.metadata.dimension_names or ()) for a in arrays.values()):
+            vg = _finish(granule, own, manifest_store, "hdf5", data)
+            along.append(vg)
+            parts[group] = vg.dataset
+            continue
+        names = list(arrays)
+        try:
+            ds = _compat.virtual_dataset(manifest_store._group, _only(manifest_store, names), names)
+            for name in names:
+                ds.variables[name].load()
+        except Exception as e:
+            raise GranuleError(
+                f"{granule.key}: group {group!r}: cannot read its variables: {_short(e)}",
+                "Leave the group out of [dataset] group, or fix the file upstream.",
+            ) from e
+        record_attr_dtypes(ds)
+        parts[group] = _raw(ds, manifest_store, names)
+    if not along:
+        raise GranuleError(
+            f"{granule.key}: no group has the dimension {dim!r} "
+            f"(groups: {', '.join(repr(g) for g in parts)})",
+            "Fix [dataset] concat_dim, or the groups kept ([dataset] group).",
+        )
+    flat = hierarchy.flatten(parts, dim, granule.key)
+    main = along[0]
+    return replace(main, dataset=flat, signature=signature(flat, dim), coord_ranges=())
 
 
 def parent_groups(group: str) -> list[str]:

@@ -1,0 +1,220 @@
+"""Whole hierarchies (issue 10): ``[dataset] group = "*"`` (or a list) keeps every group
+of the files as one Zarr hierarchy in one store, ordered by the root's coordinate.
+
+Real netCDF4 granules written by h5netcdf (tests/granule_factory.tempo_like_granule with
+``static=True``: root ``mirror_step``, ``product/``, ``geolocation/``, ``support_data/``
+along it, ``instrument/`` without it), real Icechunk repositories and ledgers.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import refstore
+from refstore.config import load_config, render_toml
+from refstore.errors import ConfigError, LayoutError
+from refstore.hierarchy import flatten, parse_groups, split
+from refstore.verify import verify
+from tests.conftest import run_cli
+from tests.granule_factory import tempo_like_granule
+
+ALONG = ("product", "geolocation", "support_data")
+
+
+def test_group_setting_accepts_a_star_or_a_list(tmp_path: Path) -> None:
+    assert parse_groups("product") == "product"
+    assert parse_groups(("/product/", "geolocation")) == ("product", "geolocation")
+    for bad in ((), ("product", "product"), ("*",), ("",)):
+        with pytest.raises(ConfigError):
+            parse_groups(bad)
+    path = tmp_path / "refstore.toml"
+    keys = set()
+    for group in ("*", ("product", "geolocation"), "product", ""):
+        path.write_text(render_toml(source_url="in", concat_dim="mirror_step", group=group))
+        config = load_config(path, environ={})
+        assert config.group == group
+        keys.add(config.group_key)
+    assert len(keys) == 4  # each in the settings' fingerprint, apart
+    star = load_config(path, environ={"REFSTORE_DATASET_GROUP": "*"})
+    assert star.hierarchy == ("*",) and star.single_group == ""
+    listed = load_config(path, environ={"REFSTORE_DATASET_GROUP": "product,geolocation"})
+    assert listed.hierarchy == ("product", "geolocation")
+
+
+def test_flatten_and_split_are_inverse() -> None:
+    step = xr.Variable(("t",), np.arange(3))
+    root = xr.Dataset({"t": step}, attrs={"a": 1})
+    product = xr.Dataset({"x": (("t", "k"), np.ones((3, 2)))}, coords={"t": step})
+    static = xr.Dataset({"w": (("band",), np.arange(2.0))})
+    flat = flatten({"": root, "product": product, "instrument": static}, "t", "g.nc")
+    assert sorted(map(str, flat.variables)) == ["instrument/w", "product/x", "t"]
+    parts = split(flat, "t")
+    assert parts["product"].identical(product)
+    assert parts["instrument"].identical(static)
+    assert parts[""].identical(root)
+    other = product.assign_coords(t=step + 1)  # a group's own, different coordinate
+    with pytest.raises(refstore.GranuleError, match="its own 't'"):
+        flatten({"": root, "product": other}, "t", "g.nc")
+
+
+def _expected(paths: list[Path], group: str, **kwargs: Any) -> xr.Dataset:
+    """Each file's group with the root's ``mirror_step`` assigned, concatenated."""
+    parts = []
+    for p in paths:
+        with xr.open_dataset(p, engine="h5netcdf", **kwargs) as root:
+            step = root["mirror_step"].load()
+        with xr.open_dataset(p, engine="h5netcdf", group=group, **kwargs) as ds:
+            parts.append(ds.load().assign_coords(mirror_step=step))
+    return xr.concat(parts, dim="mirror_step", data_vars="minimal", coords="minimal")
+
+
+def _assert_groups_served(config: Any, paths: list[Path], at: str | None = None) -> None:
+    """Every group reads back as the files' groups: decoded and raw values, NaN mask,
+    dtype (the fidelity rule, group by group)."""
+    for group in ALONG:
+        for kwargs in ({}, {"mask_and_scale": False, "decode_times": False}):
+            served = refstore.open_dataset(config, at=at, group=group, **kwargs).load()
+            expected = _expected(paths, group, **kwargs)
+            assert served.sizes == expected.sizes, group
+            for name in expected.variables:
+                a, e = served[name], expected[name]
+                assert a.dims == e.dims and a.dtype == e.dtype, (group, name)
+                np.testing.assert_array_equal(a.values, e.values, err_msg=f"{group}/{name}")
+    with xr.open_dataset(paths[0], engine="h5netcdf", group="instrument") as static:
+        served = refstore.open_dataset(config, at=at, group="instrument").load()
+        xr.testing.assert_identical(served.wavelength, static.wavelength.load())
+
+
+def test_three_groups_land_as_one_hierarchy_sorted_from_shuffled_arrival(  # type: ignore[no-untyped-def]
+    make_config,
+) -> None:
+    config = make_config(concat_dim="mirror_step", group="*")
+    incoming = Path(config.source_url)
+    # Key order is not time order, and the middle scan arrives last.
+    late = tempo_like_granule(incoming / "tempo_a.nc", 600, static=True)
+    early = tempo_like_granule(incoming / "tempo_c.nc", 0, static=True)
+    first = refstore.sync(config)
+    assert sorted(first.added) == ["tempo_a.nc", "tempo_c.nc"], [
+        f.reason for f in first.quarantined
+    ]
+    assert first.export is None  # a hierarchy has no kerchunk export (below)
+    middle = tempo_like_granule(incoming / "tempo_b.nc", 300, static=True)
+    second = refstore.sync(config)
+    assert second.added == ("tempo_b.nc",), [f.reason for f in second.quarantined]
+    assert len(second.snapshots) == 1  # every group of the granule in one commit
+
+    files = [early, middle, late]
+    _assert_groups_served(config, files)
+    tree = refstore.open_datatree(config)
+    assert sorted(tree.children) == ["geolocation", "instrument", "product", "support_data"]
+    steps = tree["product"].to_dataset().mirror_step.values  # inherited from the root
+    assert steps.size == 9 and np.all(steps[1:] > steps[:-1])
+    assert tree.attrs["platform"] == "TEMPO-like"
+    # Time travel: the first commit, before the middle scan.
+    _assert_groups_served(config, [early, late], at=first.snapshots[-1])
+
+    report = verify(config, sample=12, seed=4)
+    assert report.ok and report.chunks_checked == 12, report.to_dict()
+    with pytest.raises(LayoutError, match="hierarchy of groups"):
+        refstore.open_dataset(config, source="export")
+    with pytest.raises(refstore.NotFoundError, match="no group 'nope'"):
+        refstore.open_dataset(config, group="nope")
+
+
+def test_a_revised_granule_is_replaced_in_every_group(make_config) -> None:  # type: ignore[no-untyped-def]
+    config = make_config(concat_dim="mirror_step", group=["product", "instrument"])
+    incoming = Path(config.source_url)
+    files = [tempo_like_granule(incoming / f"t{s:04d}.nc", s, static=True) for s in (0, 300, 600)]
+    before = refstore.sync(config).snapshots[-1]
+    old = refstore.open_dataset(config, group="product").no2.load()
+    tempo_like_granule(files[1], 300, static=True, seed=99)  # new values, same scan times
+    result = refstore.sync(config)
+    assert result.added == (files[1].name,), [f.reason for f in result.quarantined]
+    tree = refstore.open_datatree(config)
+    assert sorted(tree.children) == ["instrument", "product"]  # the listed groups only
+    for group in ("product",):
+        served = refstore.open_dataset(config, group=group).load()
+        expected = _expected(files, group)
+        np.testing.assert_array_equal(served.no2.values, expected.no2.values)
+    assert not np.array_equal(served.no2.values[3:6], old.values[3:6], equal_nan=True)
+    # Time travel: the snapshot before the revision, its unrevised granules (the revised
+    # file was rewritten in place: its old bytes are gone).
+    then = refstore.open_dataset(config, at=before, group="product").no2
+    xr.testing.assert_identical(
+        then.isel(mirror_step=[0, 1, 2, 6, 7, 8]).load(), old[[0, 1, 2, 6, 7, 8]]
+    )
+    report = verify(config, sample=6, seed=1)
+    assert report.ok, report.to_dict()
+
+
+def test_a_changed_static_group_or_a_missing_group_is_quarantined(make_config) -> None:  # type: ignore[no-untyped-def]
+    config = make_config(concat_dim="mirror_step", group=["product", "instrument"])
+    incoming = Path(config.source_url)
+    tempo_like_granule(incoming / "t0.nc", 0, static=True)
+    refstore.sync(config)
+    shifted = tempo_like_granule(incoming / "t300.nc", 300, static=True)
+    import h5py
+
+    with h5py.File(shifted, "r+") as f:
+        f["instrument/wavelength"][0] = 291.0
+    tempo_like_granule(incoming / "t600.nc", 600)  # no instrument/ group
+    result = refstore.sync(config)
+    reasons = {f.key: f.reason for f in result.quarantined}
+    assert result.added == (), reasons
+    assert "instrument/wavelength" in reasons["t300.nc"], reasons
+    assert "has no group 'instrument'" in reasons["t600.nc"], reasons
+    assert refstore.open_dataset(config, group="product").sizes["mirror_step"] == 3
+
+
+def test_hierarchy_through_the_cli(tmp_path: Path) -> None:
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    (tmp_path / "refstore.toml").write_text(
+        render_toml(source_url="incoming", concat_dim="mirror_step", group="*")
+    )
+    for s in (600, 0):
+        tempo_like_granule(incoming / f"t{s}.nc", s, static=True)
+    synced = run_cli("sync", cwd=tmp_path)
+    assert "export skipped" in synced.stderr + synced.stdout
+    export = run_cli("export", "-o", str(tmp_path / "x.parquet"), cwd=tmp_path, check=False)
+    assert export.returncode == 5, export.stderr
+    assert "hierarchy of groups" in export.stderr and "open_datatree" in export.stderr
+    assert not (tmp_path / "x.parquet").exists()  # never a wrong export
+    run_cli("verify", cwd=tmp_path)
+    shutil.rmtree(incoming)
+
+
+class _Local:
+    def registry(self) -> Any:
+        from obspec_utils.registry import ObjectStoreRegistry
+        from obstore.store import LocalStore
+
+        return ObjectStoreRegistry({"file://": LocalStore()})
+
+
+def test_readback_checks_each_group_against_the_files_group(tmp_path: Path) -> None:
+    """References of a group that read back wrong (here ``product/no2`` pointing at
+    ``support_data/sza``'s chunks) quarantine the granule, naming group and variable."""
+    from dataclasses import replace
+
+    from refstore.models import Granule
+    from refstore.readback import readback
+    from refstore.virtualize import DatasetSpec, VirtualGranule, virtualize_granule
+
+    path = tempo_like_granule(tmp_path / "t.nc", 0, static=True)
+    granule = Granule("t.nc", f"file://{path}", "r", size=path.stat().st_size)
+    spec = DatasetSpec("mirror_step", groups=("*",))
+    vg = virtualize_granule(granule, spec, _Local())
+    assert isinstance(vg, VirtualGranule), vg
+    assert readback(vg, _Local().registry(), "hdf5", "", "mirror_step") is None
+    ds = vg.dataset.copy()
+    ds["product/no2"] = ds["support_data/sza"].copy()
+    ds["product/no2"].attrs = vg.dataset["product/no2"].attrs
+    problem = readback(replace(vg, dataset=ds), _Local().registry(), "hdf5", "", "mirror_step")
+    assert problem is not None and problem.startswith("group 'product': no2:"), problem
