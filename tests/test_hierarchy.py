@@ -218,3 +218,36 @@ def test_readback_checks_each_group_against_the_files_group(tmp_path: Path) -> N
     ds["product/no2"].attrs = vg.dataset["product/no2"].attrs
     problem = readback(replace(vg, dataset=ds), _Local().registry(), "hdf5", "", "mirror_step")
     assert problem is not None and problem.startswith("group 'product': no2:"), problem
+
+
+def test_a_hierarchy_is_built_from_the_file_even_with_a_sidecar(make_config) -> None:  # type: ignore[no-untyped-def]
+    """A DMR++ sidecar describes what its writer chose (here the root only): a hierarchy
+    is parsed from the file, every group present. Settings it cannot honour are refused."""
+    from tests.dmrpp_writer import write_dmrpp
+
+    config = make_config(concat_dim="mirror_step", group="*")
+    assert config.dmrpp == "auto"
+    incoming = Path(config.source_url)
+    files = [tempo_like_granule(incoming / f"t{s}.nc", s, static=True) for s in (0, 300)]
+    for f in files:
+        write_dmrpp(f)
+    result = refstore.sync(config)
+    assert len(result.added) == 2, [f.reason for f in result.quarantined]
+    assert sorted(refstore.open_datatree(config).children) == [
+        "geolocation",
+        "instrument",
+        "product",
+        "support_data",
+    ]
+    # Virtualized alone (no cross-check with the file behind it): from the file.
+    from refstore.models import Granule
+    from refstore.virtualize import DatasetSpec, VirtualGranule, virtualize_granule
+
+    granule = Granule("t0.nc", f"file://{files[0]}", "r", size=files[0].stat().st_size)
+    spec = DatasetSpec("mirror_step", groups=("*",), dmrpp="auto")
+    vg = virtualize_granule(granule, spec, _Local())
+    assert isinstance(vg, VirtualGranule) and vg.origin == "file", vg
+    assert "product/no2" in vg.dataset.variables
+    for bad in ({"dmrpp": "always"}, {"concat_from": "attr:time_coverage_start"}):
+        with pytest.raises(ConfigError, match="a whole hierarchy"):
+            config.replace(**bad)

@@ -182,6 +182,16 @@ class Config:
         from refstore.concat_from import parse_concat_from
 
         parse_concat_from(self.concat_from)  # raises ConfigError naming the choices
+        if self.hierarchy and (
+            self.concat_from not in ("auto", "arrival") or self.dmrpp == "always"
+        ):
+            raise ConfigError(
+                f"[dataset] group = {self.group_key} (a whole hierarchy) works with "
+                f'concat_from = "auto" or "arrival" and [source] dmrpp = "auto" or "never"; '
+                f"got concat_from = {self.concat_from!r}, dmrpp = {self.dmrpp!r}.",
+                "Use one group per store for one-step files or sidecar-only granules "
+                "(docs/layouts.md, Whole hierarchies).",
+            )
         if self.keep_last < 1 or self.keep_days < 0 or self.export_grace_hours < 0:
             raise ConfigError(
                 f"[maintenance] keep_last must be at least 1 and keep_days, "

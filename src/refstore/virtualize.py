@@ -275,7 +275,7 @@ def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule
     from refstore.dmrpp import NoSidecar, SidecarError
 
     _compat.install()
-    if spec.dmrpp == "never":
+    if spec.dmrpp == "never" or spec.groups:  # a hierarchy: from the file (docs/layouts.md)
         return _parse_file(granule, spec, registry)
     try:
         return replace(_from_sidecar(granule, spec, registry), probe=FOUND)
