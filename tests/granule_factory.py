@@ -256,6 +256,7 @@ def tempo_like_granule(
     seed: int | None = None,
     coordinate: bool = True,
     static: bool = False,
+    index: bool = False,
 ) -> Path:
     """A TEMPO-like netCDF4 granule: the ``mirror_step`` coordinate (seconds since
     2024-01-01, from ``start``) in the root group, the data in ``product/`` (``no2``,
@@ -264,13 +265,21 @@ def tempo_like_granule(
     variable (netCDF scoping: the root's coordinate applies to it). ``coordinate=False``
     leaves the root's out too: nothing orders the granules. ``static=True`` adds an
     ``instrument/`` group without ``mirror_step`` (``wavelength(band)``, the same in every
-    granule) and group attributes."""
+    granule) and group attributes. ``index=True`` is real TEMPO's shape: ``mirror_step``
+    is the index 0, 1, ... (the same in every granule) and ``time(mirror_step)`` in the
+    root holds the time (float seconds since 1980-01-06, GPS epoch, from ``start``)."""
     import h5netcdf
 
     rng = np.random.default_rng(start if seed is None else seed)
     with h5netcdf.File(path, "w") as f:
         f.dimensions = {"mirror_step": steps, "xtrack": 4}
-        if coordinate:
+        if coordinate and index:
+            f.create_variable("mirror_step", ("mirror_step",), "i4", data=np.arange(steps))
+            t = f.create_variable(
+                "time", ("mirror_step",), "f8", data=start + 2.5 * np.arange(steps)
+            )
+            t.attrs["units"] = "seconds since 1980-01-06T00:00:00Z"
+        elif coordinate:
             t = f.create_variable(
                 "mirror_step", ("mirror_step",), "i8", data=start + np.arange(steps, dtype="i8")
             )

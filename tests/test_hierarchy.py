@@ -47,6 +47,16 @@ def test_group_setting_accepts_a_star_or_a_list(tmp_path: Path) -> None:
     assert listed.hierarchy == ("product", "geolocation")
 
 
+def test_concat_from_var_needs_a_name() -> None:
+    from refstore.concat_from import parse_concat_from
+
+    assert parse_concat_from("var:time").order_by("mirror_step") == "time"
+    assert parse_concat_from("auto").order_by("mirror_step") == "mirror_step"
+    for bad in ("var", "var:", "var: "):
+        with pytest.raises(ConfigError, match="needs a name"):
+            parse_concat_from(bad)
+
+
 def test_flatten_and_split_are_inverse() -> None:
     step = xr.Variable(("t",), np.arange(3))
     root = xr.Dataset({"t": step}, attrs={"a": 1})
@@ -251,3 +261,75 @@ def test_a_hierarchy_is_built_from_the_file_even_with_a_sidecar(make_config) -> 
     for bad in ({"dmrpp": "always"}, {"concat_from": "attr:time_coverage_start"}):
         with pytest.raises(ConfigError, match="a whole hierarchy"):
             config.replace(**bad)
+
+
+def _time_ordered(paths: list[Path], group: str, **kwargs: Any) -> xr.Dataset:
+    """Each file's group (with the root's ``mirror_step`` index and ``time``),
+    concatenated in time order."""
+    parts = []
+    for p in paths:
+        with xr.open_dataset(p, engine="h5netcdf", **kwargs) as root:
+            scoped = {"mirror_step": root["mirror_step"].load(), "time": root["time"].load()}
+        with xr.open_dataset(p, engine="h5netcdf", group=group, **kwargs) as ds:
+            parts.append(ds.load().assign_coords(mirror_step=scoped["mirror_step"]))
+            parts[-1]["time"] = scoped["time"]
+    parts.sort(key=lambda d: float(np.asarray(d["time"].values[0], dtype="f8")))
+    return xr.concat(parts, dim="mirror_step", data_vars="minimal", coords="minimal")
+
+
+@pytest.mark.parametrize("group", ["product", "*"])
+def test_tempo_granules_ordered_by_time_along_a_repeating_index(  # type: ignore[no-untyped-def]
+    make_config, group
+) -> None:
+    """Real TEMPO: ``mirror_step`` is 0..131 in every granule, ``time(mirror_step)`` the
+    time. ``concat_from = "var:time"`` orders and places granules by ``time``; the index
+    reads back as each file holds it (repeating), never renumbered."""
+    incoming = Path(make_config().source_url)
+    made = {}
+    # Scans of 132, 132 and 131 steps; keys in reverse time order, the middle one last.
+    for name, start, steps in (("tempo_c.nc", 1e9, 132), ("tempo_a.nc", 1e9 + 2000, 131)):
+        made[name] = tempo_like_granule(incoming / name, int(start), steps, index=True)
+    # Without the setting the repeating index collides: refused, never mis-stacked.
+    plain = make_config(concat_dim="mirror_step", group=group)
+    refused = refstore.sync(plain)
+    assert len(refused.added) == 1 and len(refused.quarantined) == 1, refused
+    shutil.rmtree(Path(plain.repo))
+    Path(plain.ledger).unlink()
+
+    config = make_config(concat_dim="mirror_step", group=group, concat_from="var:time")
+    first = refstore.sync(config)
+    assert sorted(first.added) == ["tempo_a.nc", "tempo_c.nc"], [
+        f.reason for f in first.quarantined
+    ]
+    made["tempo_b.nc"] = tempo_like_granule(
+        incoming / "tempo_b.nc", int(1e9 + 1000), 132, index=True
+    )
+    second = refstore.sync(config)
+    assert second.added == ("tempo_b.nc",), [f.reason for f in second.quarantined]
+    files = list(made.values())
+    for g in ["product", "geolocation"] if group == "*" else ["product"]:
+        for kwargs in ({}, {"mask_and_scale": False, "decode_times": False}):
+            if group == "*":
+                served = refstore.open_dataset(config, group=g, **kwargs).load()
+                served["time"] = refstore.open_dataset(config, **kwargs)["time"].load()
+            else:
+                served = refstore.open_dataset(config, **kwargs).load()
+            expected = _time_ordered(files, g, **kwargs)
+            assert served.sizes["mirror_step"] == 395
+            for name in expected.variables:
+                a, e = served[name], expected[name]
+                assert a.dims == e.dims and a.dtype == e.dtype, (g, name)
+                np.testing.assert_array_equal(a.values, e.values, err_msg=f"{g}/{name}")
+    if group == "*":  # the root's time is the root's: not copied into each group
+        assert "time" not in refstore.open_dataset(config, group="product").variables
+    served = refstore.open_dataset(config)
+    assert list(served.mirror_step.values[:3]) == [0, 1, 2]
+    assert served.mirror_step.values[132] == 0 and served.mirror_step.values[-1] == 130
+    times = served.time.values
+    assert np.all(times[1:] > times[:-1])
+    # A renamed copy of a committed granule carries the same times: a duplicate.
+    shutil.copy2(made["tempo_b.nc"], incoming / "tempo_copy.nc")
+    dup = refstore.sync(config)
+    assert dup.added == () and "duplicate" in dup.quarantined[0].reason, dup
+    report = verify(config, sample=8, seed=5)
+    assert report.ok, report.to_dict()

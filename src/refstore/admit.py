@@ -268,6 +268,8 @@ def admit(
         rejected.append(Failure(key, f"{key}: {problem}"))
         if key in keep_old:  # a revision that does not fit keeps the old references
             _insert(timeline, keep_old.pop(key))
+    if store_length == 0:  # a new store: overlapping granules of its first batch, all new
+        return Admission(tuple(accepted), tuple(rejected), reference or {})
     # The unchanged prefix stays; everything from the first change on is rewritten.
     offset = 0
     for index, slot in enumerate(timeline):

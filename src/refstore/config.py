@@ -182,12 +182,12 @@ class Config:
         from refstore.concat_from import parse_concat_from
 
         parse_concat_from(self.concat_from)  # raises ConfigError naming the choices
-        if self.hierarchy and (
-            self.concat_from not in ("auto", "arrival") or self.dmrpp == "always"
-        ):
+        kind = self.concat_from.partition(":")[0]
+        if self.hierarchy and (kind not in ("auto", "arrival", "var") or self.dmrpp == "always"):
             raise ConfigError(
                 f"[dataset] group = {self.group_key} (a whole hierarchy) works with "
-                f'concat_from = "auto" or "arrival" and [source] dmrpp = "auto" or "never"; '
+                'concat_from = "auto", "arrival" or "var:NAME" and [source] dmrpp = "auto" '
+                'or "never"; '
                 f"got concat_from = {self.concat_from!r}, dmrpp = {self.dmrpp!r}.",
                 "Use one group per store for one-step files or sidecar-only granules "
                 "(docs/layouts.md, Whole hierarchies).",

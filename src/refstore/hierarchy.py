@@ -99,12 +99,13 @@ def wanted_groups(setting: tuple[str, ...], present: list[str], key: str) -> lis
     return ["", *setting]
 
 
-def flatten(groups: Mapping[str, Any], concat_dim: str, key: str) -> Any:
+def flatten(groups: Mapping[str, Any], concat_dim: str, key: str, order: str = "") -> Any:
     """One dataset of every group's variables, named with their group path.
 
     ``groups`` maps a group path to its dataset (the root ``""`` first). A group's own
     copy of the concat coordinate (from the root by scoping, or its own equal copy) is
-    left out: the root's serves every group.
+    left out: the root's serves every group; so is a copy of the root's ``order``
+    variable (``concat_from = "var:NAME"``) equal to it (from the root by scoping).
 
     Raises
     ------
@@ -139,6 +140,8 @@ def flatten(groups: Mapping[str, Any], concat_dim: str, key: str) -> Any:
                 )
         for name, var in ds.variables.items():
             if name == concat_dim:
+                continue
+            if name == order and name in root.variables and var.equals(root.variables[name]):
                 continue
             variables[f"{group}/{name}"] = var
             if name in ds.coords:
@@ -182,5 +185,8 @@ def stored_groups(store: Any) -> list[str]:
     one group."""
     import zarr
 
+    from refstore.rectilinear import enable
+
+    enable()  # listing reads every array's metadata, a rectilinear grid's too
     root = zarr.open_group(store, mode="r", zarr_format=3)
     return sorted(p for p, node in root.members(max_depth=None) if isinstance(node, zarr.Group))

@@ -86,6 +86,19 @@ def _open_source(source: Any, url: str, **kwargs: Any) -> Any:
     return xr.open_dataset(io.BytesIO(data), engine=engine, **kwargs)
 
 
+def _open_scoped(source: Any, url: str, group: str, name: str, **kwargs: Any) -> Any:
+    """The file's ``group`` opened, or the nearest parent group holding ``name`` (a
+    variable the store took from a parent group: netCDF scoping)."""
+    from refstore.virtualize import parent_groups
+
+    for where in [group, *parent_groups(group)] if group else [""]:
+        ds = _open_source(source, url, **({"group": where} if where else {}), **kwargs)
+        if name in ds.variables or not where:
+            return ds
+        ds.close()
+    raise AssertionError("unreachable: the root group is always opened")
+
+
 def verify(
     config: Config,
     *,
@@ -176,8 +189,7 @@ def verify(
                 report.mismatches.append(f"{where}: unreadable through the {label}: {e}")
                 continue
             group, base = group_of(name) if groups else (config.single_group, name)
-            inside = {"group": group} if group else {}
-            with _open_source(source, p.url, **({} if decoded else raw), **inside) as direct:
+            with _open_scoped(source, p.url, group, base, **({} if decoded else raw)) as direct:
                 var = direct[base]
                 # A file without the concat dim (concat_from) holds its one step whole.
                 step = var.isel({dim: index - p.offset}) if dim in var.dims else var

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from refstore.cf import record_attr_dtypes
+from refstore.concat_from import parse_concat_from
 from refstore.coords import raw_loaded
 from refstore.errors import GranuleError, RefstoreError
 from refstore.expand import expand_granule, loadable_expanded, value_source
@@ -396,7 +397,8 @@ def _parse_hierarchy(
             f"(groups: {', '.join(repr(g) for g in parts)})",
             "Fix [dataset] concat_dim, or the groups kept ([dataset] group).",
         )
-    flat = hierarchy.flatten(parts, dim, granule.key)
+    order = parse_concat_from(spec.concat_from).order_by(dim)
+    flat = hierarchy.flatten(parts, dim, granule.key, order)
     main = along[0]
     return replace(main, dataset=flat, signature=signature(flat, dim), coord_ranges=())
 
@@ -422,12 +424,21 @@ def _with_parent_coordinate(
     arrays = _scoped_dims(group.arrays, parents)
     dim = spec.concat_dim
     has_dim = any(dim in (a.metadata.dimension_names or ()) for a in arrays.values())
-    if dim not in arrays and has_dim:
+    # The dim's coordinate, and the variable that orders granules (concat_from = var:NAME)
+    wanted = {dim, parse_concat_from(spec.concat_from).order_by(dim)} - set(arrays)
+    parsed: dict[str, Any] = {}
+
+    def read(_store: Any, _path: str) -> Any:
+        return data.reader()
+
+    for name in sorted(wanted) if has_dim else ():
         for parent in parents:
-            parser = HDFParser(group=parent or None, reader_factory=lambda _s, _p: data.reader())
-            found = parser(url=granule.url, registry=registry)._group.arrays.get(dim)
+            if parent not in parsed:
+                parser = HDFParser(group=parent or None, reader_factory=read)
+                parsed[parent] = parser(url=granule.url, registry=registry)._group.arrays
+            found = parsed[parent].get(name)
             if found is not None and tuple(found.metadata.dimension_names or ()) == (dim,):
-                arrays = {**arrays, dim: found}
+                arrays = {**arrays, name: found}
                 break
     if arrays == dict(group.arrays):
         return manifest_store
@@ -478,8 +489,11 @@ def _finish(
     source = value_source(
         granule, spec.concat_dim, spec.concat_from, dims, all_dims, shown_dims(all_dims)
     )
+    order = parse_concat_from(spec.concat_from).order_by(spec.concat_dim)
     if source is None:
         loadable = choose_loadable(dims, spec.concat_dim, spec.loadable_variables)
+        if order in dims and spec.loadable_variables is None:
+            loadable = tuple(sorted({*loadable, order}))  # its values order the granule
     else:
         var_attrs = {name: arr.metadata.attributes for name, arr in arrays.items()}
         loadable = loadable_expanded(
@@ -531,16 +545,22 @@ def _finish(
             f"{granule.key}: has no steps along {spec.concat_dim!r} (the dimension is empty)",
             "Nothing to append; if the file is incomplete, replace it upstream and retry.",
         )
-    if spec.concat_dim in ds.variables and ds[spec.concat_dim].dims == (spec.concat_dim,):
-        values = ds[spec.concat_dim].values
+    if order in ds.variables and ds[order].dims == (spec.concat_dim,):
+        values = ds[order].values
         if values.size:
             if np.issubdtype(values.dtype, np.datetime64) and np.isnat(values).any():
-                raise GranuleError(f"{granule.key}: {spec.concat_dim} has missing values (NaT)")
+                raise GranuleError(f"{granule.key}: {order} has missing values (NaT)")
             if values.size > 1 and not bool(np.all(values[1:] > values[:-1])):
-                raise GranuleError(
-                    f"{granule.key}: {spec.concat_dim} is not strictly increasing in the file"
-                )
+                raise GranuleError(f"{granule.key}: {order} is not strictly increasing in the file")
             first, last = values[0], values[-1]
+    elif order != spec.concat_dim:
+        where = f"group {spec.group!r} or a parent group" if spec.group else "the file"
+        found = f"dims {ds[order].dims}" if order in ds.variables else "no such variable"
+        raise GranuleError(
+            f"{granule.key}: concat_from = {spec.concat_from!r} needs a 1-D variable "
+            f"{order!r} along {spec.concat_dim!r} in {where} ({found})",
+            "Fix [dataset] concat_from (var:<a variable along the dim>) or the file.",
+        )
     elif spec.concat_from != "arrival":
         where = f"group {spec.group!r} or a parent group" if spec.group else "the file"
         raise GranuleError(
