@@ -91,12 +91,14 @@ def _open_scoped(source: Any, url: str, group: str, name: str, **kwargs: Any) ->
     variable the store took from a parent group: netCDF scoping)."""
     from refstore.virtualize import parent_groups
 
-    for where in [group, *parent_groups(group)] if group else [""]:
-        ds = _open_source(source, url, **({"group": where} if where else {}), **kwargs)
-        if name in ds.variables or not where:
+    wheres = [group, *parent_groups(group)] if group else [""]
+    for where in wheres[:-1]:
+        ds = _open_source(source, url, group=where, **kwargs)
+        if name in ds.variables:
             return ds
         ds.close()
-    raise AssertionError("unreachable: the root group is always opened")
+    last = wheres[-1]
+    return _open_source(source, url, **({"group": last} if last else {}), **kwargs)
 
 
 def verify(
