@@ -1,7 +1,9 @@
 """Cost of whole hierarchies (issue 10): sync time of a TEMPO-like series kept as one
 hierarchy (``group = "*"``: root ``mirror_step``, ``product/``, ``geolocation/``,
 ``support_data/`` along it, ``instrument/`` without it) against the same data written in
-the root group of each file (one group), in the same run after a warm-up.
+the root group of each file (one group), in the same run after a warm-up, alternated,
+best of three; and the hierarchy of real TEMPO's shape (``mirror_step`` an index,
+ordered by ``time(mirror_step)``: ``concat_from = "var:time"``).
 
 Usage: python scripts/bench_hierarchy.py [N] [STEPS]
 """
@@ -40,7 +42,7 @@ def flat_copy(src: Path, dst: Path) -> None:
         out.create_variable("wavelength", ("band",), "f8", data=f["instrument/wavelength"][()])
 
 
-def run(n: int, steps: int, hierarchy: bool) -> tuple[float, dict[str, float]]:
+def run(n: int, steps: int, hierarchy: bool, index: bool = False) -> tuple[float, dict[str, float]]:
     root = Path(tempfile.mkdtemp())
     incoming = root / "incoming"
     incoming.mkdir()
@@ -49,12 +51,15 @@ def run(n: int, steps: int, hierarchy: bool) -> tuple[float, dict[str, float]]:
     for k, start in enumerate(starts):
         path = incoming / f"g{k:04d}.nc"
         if hierarchy:
-            tempo_like_granule(path, start, steps, static=True)
+            tempo_like_granule(path, start, steps, static=True, index=index)
         else:
             tempo_like_granule(root / "h.nc", start, steps, static=True)
             flat_copy(root / "h.nc", path)
     group = "*" if hierarchy else ""
-    text = render_toml(source_url="incoming", concat_dim="mirror_step", group=group)
+    how = "var:time" if index else "auto"
+    text = render_toml(
+        source_url="incoming", concat_dim="mirror_step", group=group, concat_from=how
+    )
     (root / "refstore.toml").write_text(text)
     config = load_config(root / "refstore.toml", environ={})
     seconds, result = timed(lambda: refstore.sync(config))
@@ -67,11 +72,21 @@ def main() -> None:
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 132
     run(2, steps, True)  # warm-up (imports, first readback)
     figures: dict[str, object] = {}
-    for label, hierarchy in (("one_group", False), ("hierarchy", True)):
-        log(f"{label}: {n} granules x {steps} steps")
-        seconds, timings = run(n, steps, hierarchy)
+    best: dict[str, tuple[float, dict[str, float]]] = {}
+    for round_ in range(3):  # alternated, best of 3: the machine is shared
+        for label, hierarchy, index in (
+            ("one_group", False, False),
+            ("hierarchy", True, False),
+            ("hierarchy_var_time", True, True),  # real TEMPO's index + time(mirror_step)
+        ):
+            log(f"{label} #{round_ + 1}: {n} granules x {steps} steps")
+            seconds, timings = run(n, steps, hierarchy, index)
+            if label not in best or seconds < best[label][0]:
+                best[label] = (seconds, timings)
+    for label, (seconds, timings) in best.items():
         figures[label], figures[f"{label}_steps"] = round(seconds, 2), timings
-    figures["ratio"] = round(float(figures["hierarchy"]) / float(figures["one_group"]), 2)  # type: ignore[arg-type]
+    figures["ratio"] = round(best["hierarchy"][0] / best["one_group"][0], 2)
+    figures["ratio_var_time"] = round(best["hierarchy_var_time"][0] / best["hierarchy"][0], 2)
     print(json.dumps({"granules": n, "steps": steps, **figures}))
 
 

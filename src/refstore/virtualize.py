@@ -348,6 +348,7 @@ def _parse_hierarchy(
     except Exception as e:
         raise GranuleError(f"{granule.key}: hdf5 groups cannot be listed: {_short(e)}") from e
     parts: dict[str, Any] = {}
+    parsed: dict[str, Any] = {}
     along: list[VirtualGranule] = []
     dim = spec.concat_dim
     for group in hierarchy.wanted_groups(spec.groups, present, granule.key):
@@ -366,9 +367,10 @@ def _parse_hierarchy(
                 reader_factory=lambda _s, _p: data.reader(),
             )
             manifest_store = parser(url=granule.url, registry=registry)
+            parsed[group] = manifest_store._group.arrays  # parents come first: read once
             if group:
                 manifest_store = _with_parent_coordinate(
-                    manifest_store, granule, own, data, registry
+                    manifest_store, granule, own, data, registry, parsed
                 )
         except Exception as e:
             problem = f"group {group!r}: hdf5 parser failed: {_short(e)}"
@@ -410,12 +412,18 @@ def parent_groups(group: str) -> list[str]:
 
 
 def _with_parent_coordinate(
-    manifest_store: Any, granule: Granule, spec: DatasetSpec, data: GranuleBytes, registry: Any
+    manifest_store: Any,
+    granule: Granule,
+    spec: DatasetSpec,
+    data: GranuleBytes,
+    registry: Any,
+    parsed: dict[str, Any] | None = None,
 ) -> Any:
     """``manifest_store`` plus the concat-dim coordinate from the nearest parent group
     that has it, when the group itself has the dim but not its coordinate (TEMPO keeps
     ``mirror_step`` in the root, the data in ``product/``): netCDF scoping, as a
-    coordinate in a parent group applies to its children. Unchanged otherwise."""
+    coordinate in a parent group applies to its children. Unchanged otherwise.
+    ``parsed``: the arrays of groups parsed already, by path (a hierarchy's), added to."""
     from virtualizarr.manifests import ManifestGroup, ManifestStore
     from virtualizarr.parsers import HDFParser
 
@@ -426,7 +434,7 @@ def _with_parent_coordinate(
     has_dim = any(dim in (a.metadata.dimension_names or ()) for a in arrays.values())
     # The dim's coordinate, and the variable that orders granules (concat_from = var:NAME)
     wanted = {dim, parse_concat_from(spec.concat_from).order_by(dim)} - set(arrays)
-    parsed: dict[str, Any] = {}
+    parsed = {} if parsed is None else parsed
 
     def read(_store: Any, _path: str) -> Any:
         return data.reader()
