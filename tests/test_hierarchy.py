@@ -333,3 +333,35 @@ def test_tempo_granules_ordered_by_time_along_a_repeating_index(  # type: ignore
     assert dup.added == () and "duplicate" in dup.quarantined[0].reason, dup
     report = verify(config, sample=8, seed=5)
     assert report.ok, report.to_dict()
+
+
+def _tree_sidecar(path: Path, group: str) -> None:
+    """``<path>.dmrpp`` of the root and ``group`` (as build_dmrpp writes a netCDF4 tree:
+    the group's variables name the root's dims by their full path)."""
+    from tests.dmrpp_writer import dmrpp_text
+
+    root, inner = dmrpp_text(path), dmrpp_text(path, group)
+    element = inner[inner.index("<Group") : inner.rindex("</Group>") + len("</Group>")]
+    element = element.replace(f'"/{group}/', '"/')
+    Path(f"{path}.dmrpp").write_text(root.replace("</Dataset>", element + "</Dataset>"))
+
+
+def test_sidecar_built_group_takes_the_parents_coordinate(make_config, caplog) -> None:  # type: ignore[no-untyped-def]
+    """``dmrpp = "always"``: the group's sidecar-built granules get the root's coordinate
+    from the same sidecar, and land in time order as the file-built ones do."""
+    import logging
+
+    config = make_config(concat_dim="mirror_step", group="product").replace(dmrpp="always")
+    incoming = Path(config.source_url)
+    files = []
+    for name, start in (("tempo_b.nc", 300), ("tempo_a.nc", 600), ("tempo_c.nc", 0)):
+        files.append(tempo_like_granule(incoming / name, start))
+        _tree_sidecar(files[-1], "product")
+    with caplog.at_level(logging.INFO, logger="refstore"):
+        result = refstore.sync(config)
+    assert len(result.added) == 3, [f.reason for f in result.quarantined]
+    assert "disagrees" not in caplog.text  # built from the sidecars, not the files
+    served = refstore.open_dataset(config).load()
+    expected = _expected(sorted(files, reverse=True), "product")  # c (0 s), b, a
+    for name in expected.variables:
+        np.testing.assert_array_equal(served[name].values, expected[name].values, err_msg=name)

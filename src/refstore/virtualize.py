@@ -8,7 +8,7 @@ the rest of the batch goes on. The parser is chosen from the file's magic bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -259,6 +259,12 @@ def _from_sidecar(granule: Granule, spec: DatasetSpec, registry: Any) -> Virtual
         if guess is not None:
             guess.join()
     group = dmrpp.manifest_group(text, granule.url, spec.group, spec.drop_variables)
+    if spec.group:  # the parents' coordinate, from the same sidecar (netCDF scoping)
+
+        def parse(parent: str) -> Any:
+            return dmrpp.manifest_group(text, granule.url, parent, spec.drop_variables).arrays
+
+        group = with_parent_arrays(group, spec, parse)
     problem = dmrpp.outside(group, granule.size)
     if problem:
         raise dmrpp.SidecarError(problem)
@@ -424,10 +430,35 @@ def _with_parent_coordinate(
     ``mirror_step`` in the root, the data in ``product/``): netCDF scoping, as a
     coordinate in a parent group applies to its children. Unchanged otherwise.
     ``parsed``: the arrays of groups parsed already, by path (a hierarchy's), added to."""
-    from virtualizarr.manifests import ManifestGroup, ManifestStore
+    from virtualizarr.manifests import ManifestStore
     from virtualizarr.parsers import HDFParser
 
+    def read(_store: Any, _path: str) -> Any:
+        return data.reader()
+
+    def parse(parent: str) -> Any:
+        parser = HDFParser(group=parent or None, reader_factory=read)
+        return parser(url=granule.url, registry=registry)._group.arrays
+
     group = manifest_store._group
+    scoped = with_parent_arrays(group, spec, parse, parsed)
+    if scoped is group:
+        return manifest_store
+    return ManifestStore(scoped, registry=manifest_store._registry)
+
+
+def with_parent_arrays(
+    group: Any,
+    spec: DatasetSpec,
+    parse: Callable[[str], Mapping[str, Any]],
+    parsed: dict[str, Any] | None = None,
+) -> Any:
+    """The ``ManifestGroup`` of ``spec.group`` with dims named as netCDF scoping sees
+    them and, when it has the concat dim without its coordinate (or without the variable
+    ``concat_from = "var:NAME"`` orders by), that 1-D array from the nearest parent group
+    ``parse(parent)`` has it in; ``group`` itself when nothing changes."""
+    from virtualizarr.manifests import ManifestGroup
+
     parents = parent_groups(spec.group)
     arrays = _scoped_dims(group.arrays, parents)
     dim = spec.concat_dim
@@ -435,25 +466,19 @@ def _with_parent_coordinate(
     # The dim's coordinate, and the variable that orders granules (concat_from = var:NAME)
     wanted = {dim, parse_concat_from(spec.concat_from).order_by(dim)} - set(arrays)
     parsed = {} if parsed is None else parsed
-
-    def read(_store: Any, _path: str) -> Any:
-        return data.reader()
-
     for name in sorted(wanted) if has_dim else ():
         for parent in parents:
             if parent not in parsed:
-                parser = HDFParser(group=parent or None, reader_factory=read)
-                parsed[parent] = parser(url=granule.url, registry=registry)._group.arrays
+                parsed[parent] = parse(parent)
             found = parsed[parent].get(name)
+            if found is not None:
+                found = _scoped_dims({name: found}, [*parent_groups(parent), parent])[name]
             if found is not None and tuple(found.metadata.dimension_names or ()) == (dim,):
                 arrays = {**arrays, name: found}
                 break
     if arrays == dict(group.arrays):
-        return manifest_store
-    return ManifestStore(
-        ManifestGroup(arrays=arrays, attributes=group.metadata.attributes),
-        registry=manifest_store._registry,
-    )
+        return group
+    return ManifestGroup(arrays=arrays, attributes=group.metadata.attributes)
 
 
 def _scoped_dims(arrays: Mapping[str, Any], parents: list[str]) -> dict[str, Any]:
