@@ -300,6 +300,7 @@ def tempo_like_granule(
             v.attrs["units"] = "1"
             if static:
                 g.attrs["title"] = f"{group} of {path.name}"
+                g.attrs["summary"] = f"the {group} group"
         if static:
             f.attrs["platform"] = "TEMPO-like"
             g = f.create_group("instrument")

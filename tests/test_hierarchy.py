@@ -126,6 +126,13 @@ def test_three_groups_land_as_one_hierarchy_sorted_from_shuffled_arrival(  # typ
     steps = tree["product"].to_dataset().mirror_step.values  # inherited from the root
     assert steps.size == 9 and np.all(steps[1:] > steps[:-1])
     assert tree.attrs["platform"] == "TEMPO-like"
+    # Group attributes: kept where every granule agrees, dropped where they differ
+    # (title names the file), as for the root's; never left in the root.
+    assert tree["product"].attrs == {"summary": "the product group"}, tree["product"].attrs
+    assert refstore.open_dataset(config, group="geolocation").attrs == {
+        "summary": "the geolocation group"
+    }
+    assert not any("summary" in k or "title" in k for k in tree.attrs), tree.attrs
     # Time travel: the first commit, before the middle scan.
     _assert_groups_served(config, [early, late], at=first.snapshots[-1])
 

@@ -295,7 +295,8 @@ def stable_attrs(attrs: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], tu
     if not attrs:
         return {}, ()
     first = attrs[0]
-    dropped = {k for k in first if k in PER_GRANULE_ATTRS}
+    # A hierarchy's group attributes are named with their group path (refstore.hierarchy)
+    dropped = {k for k in first if str(k).rpartition("/")[2] in PER_GRANULE_ATTRS}
     for other in attrs[1:]:
         for k, v in first.items():
             if k not in other or not _same(other[k], v):

@@ -24,12 +24,17 @@ __all__ = [
     "flatten",
     "group_of",
     "parse_groups",
+    "place_group_attrs",
     "split",
     "stored_groups",
     "wanted_groups",
 ]
 
 ALL = "*"
+# A group's attribute travels in the flat dataset's attributes under this prefix and its
+# group path (stable across granules or dropped, like the root's), and is moved to its
+# group when written (:func:`place_group_attrs`).
+GROUP_ATTR = "refstore.group_attr:"
 
 
 def parse_groups(value: str | tuple[str, ...]) -> str | tuple[str, ...]:
@@ -146,8 +151,12 @@ def flatten(groups: Mapping[str, Any], concat_dim: str, key: str, order: str = "
             variables[f"{group}/{name}"] = var
             if name in ds.coords:
                 coords.add(f"{group}/{name}")
+    attrs = dict(root.attrs)
+    for group, ds in groups.items():
+        if group:
+            attrs.update({f"{GROUP_ATTR}{group}/{k}": v for k, v in ds.attrs.items()})
     try:
-        out = xr.Dataset(variables, attrs=dict(root.attrs))
+        out = xr.Dataset(variables, attrs=attrs)
     except ValueError as e:
         raise GranuleError(
             f"{key}: its groups cannot share one set of dimensions ({e})",
@@ -172,7 +181,7 @@ def split(ds: Any, concat_dim: str) -> dict[str, Any]:
         uses = any(concat_dim in v.dims for v in variables.values())
         if group and uses and concat_dim in ds.variables:
             variables.setdefault(concat_dim, ds.variables[concat_dim])
-        part = xr.Dataset(variables, attrs={} if group else dict(ds.attrs))
+        part = xr.Dataset(variables, attrs=_group_attrs(ds.attrs, group))
         coords = {b for b, n in members.items() if n in ds.coords} | {concat_dim}
         out[group] = part.set_coords(sorted(coords & set(map(str, part.data_vars))))
     if "" not in out:
@@ -190,3 +199,31 @@ def stored_groups(store: Any) -> list[str]:
     enable()  # listing reads every array's metadata, a rectilinear grid's too
     root = zarr.open_group(store, mode="r", zarr_format=3)
     return sorted(p for p, node in root.members(max_depth=None) if isinstance(node, zarr.Group))
+
+
+def _group_attrs(attrs: Mapping[str, Any], group: str) -> dict[str, Any]:
+    """``group``'s attributes out of the flat dataset's (the root's: the unprefixed ones)."""
+    if not group:
+        return {k: v for k, v in attrs.items() if not str(k).startswith(GROUP_ATTR)}
+    prefix = f"{GROUP_ATTR}{group}/"
+    return {k[len(prefix) :]: v for k, v in attrs.items() if str(k).startswith(prefix)}
+
+
+def place_group_attrs(store: Any) -> None:
+    """Move the group attributes a write left in the root's attributes to their groups."""
+    import zarr
+
+    root = zarr.open_group(store, mode="r+", zarr_format=3)
+    attrs = dict(root.attrs)
+    moved = {k for k in attrs if k.startswith(GROUP_ATTR)}
+    if not moved:
+        return
+    by_group: dict[str, dict[str, Any]] = {}
+    for key in moved:
+        group, name = group_of(key[len(GROUP_ATTR) :])
+        by_group.setdefault(group, {})[name] = attrs[key]
+    for group, values in by_group.items():
+        node = root.get(group)
+        if isinstance(node, zarr.Group):
+            node.attrs.update(values)
+    root.attrs.put({k: v for k, v in attrs.items() if k not in moved})

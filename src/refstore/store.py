@@ -464,6 +464,7 @@ class Store:
         import zarr
 
         from refstore.faults import checkpoint
+        from refstore.hierarchy import place_group_attrs
 
         session = self.repo.writable_session(BRANCH)
         base = str(session.snapshot_id)
@@ -489,6 +490,8 @@ class Store:
                     ds.vz.to_icechunk(session.store, append_dim=concat_dim)
                 else:
                     _rewrite(session.store, ds, concat_dim, region_start, new_length)
+                if mode == "create":
+                    place_group_attrs(session.store)  # a hierarchy's (refstore.hierarchy)
         except Exception as e:
             raise StoreError(f"Writing to the repository failed: {e}") from e
         checkpoint("mid-write")
