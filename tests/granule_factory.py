@@ -301,6 +301,7 @@ def tempo_like_granule(
             if static:
                 g.attrs["title"] = f"{group} of {path.name}"
                 g.attrs["summary"] = f"the {group} group"
+                g.attrs["history"] = "written by tests/granule_factory.py"  # per granule by name
         if static:
             f.attrs["platform"] = "TEMPO-like"
             g = f.create_group("instrument")
