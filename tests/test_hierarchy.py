@@ -375,3 +375,19 @@ def test_sidecar_built_group_takes_the_parents_coordinate(make_config, caplog) -
     expected = _expected(sorted(files, reverse=True), "product")  # c (0 s), b, a
     for name in expected.variables:
         np.testing.assert_array_equal(served[name].values, expected[name].values, err_msg=name)
+
+
+def test_real_s6a_coordinate_below_the_root_is_refused_for_a_hierarchy() -> None:
+    """S6A keeps ``time`` in ``data_01``, not in the root: a hierarchy refuses the granule
+    naming the group and the one-group setting that works (tests/test_groups.py)."""
+    from refstore.models import Failure, Granule
+    from refstore.virtualize import DatasetSpec, virtualize_granule
+    from tests.conftest import GRANULES
+
+    path = sorted((GRANULES / "s6a_groups").glob("*.nc"))[0]
+    granule = Granule(path.name, f"file://{path}", "r", size=path.stat().st_size)
+    for groups, named in ((("*",), "data_01"), (("data_01/ku",), "data_01/ku")):
+        out = virtualize_granule(granule, DatasetSpec("time", groups=groups), _Local())
+        assert isinstance(out, Failure), out
+        assert f"group {named!r} has the coordinate 'time'" in out.reason, out.reason
+        assert "the root group has none" in out.reason

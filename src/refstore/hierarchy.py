@@ -132,10 +132,10 @@ def flatten(groups: Mapping[str, Any], concat_dim: str, key: str, order: str = "
         if own is not None:
             if coord is None:
                 raise GranuleError(
-                    f"{key}: the coordinate {concat_dim!r} is in group {group!r}, not in the "
-                    "root group; a whole hierarchy takes it from the root",
-                    f'Use group = "{group}" (one group, its parents\' coordinate included) '
-                    "or a list of groups below it.",
+                    f"{key}: group {group!r} has the coordinate {concat_dim!r} (its own or "
+                    "a parent's below the root), the root group has none; a whole hierarchy "
+                    "takes it from the root",
+                    f'Use group = "{group}" (one group, its parents\' coordinate included).',
                 )
             if not np.array_equal(np.asarray(own.values), np.asarray(coord.values)):
                 raise GranuleError(
