@@ -210,6 +210,16 @@ def test_hierarchy_through_the_cli(tmp_path: Path) -> None:
     shutil.rmtree(incoming)
 
 
+def test_init_writes_a_list_of_groups(tmp_path: Path) -> None:
+    (tmp_path / "incoming").mkdir()
+    args = ("--source", "incoming", "--concat-dim", "mirror_step", "--concat-from", "var:time")
+    run_cli("init", *args, "--group", "product, geolocation", cwd=tmp_path)
+    text = (tmp_path / "refstore.toml").read_text()
+    assert 'group = ["product", "geolocation"]' in text and 'concat_from = "var:time"' in text
+    config = load_config(tmp_path / "refstore.toml", environ={})
+    assert config.hierarchy == ("product", "geolocation")
+
+
 class _Local:
     def registry(self) -> Any:
         from obspec_utils.registry import ObjectStoreRegistry
