@@ -249,20 +249,37 @@ def one_step_granule(
 
 
 def tempo_like_granule(
-    path: Path, start: int, steps: int = 3, *, seed: int | None = None, coordinate: bool = True
+    path: Path,
+    start: int,
+    steps: int = 3,
+    *,
+    seed: int | None = None,
+    coordinate: bool = True,
+    static: bool = False,
+    index: bool = False,
 ) -> Path:
     """A TEMPO-like netCDF4 granule: the ``mirror_step`` coordinate (seconds since
     2024-01-01, from ``start``) in the root group, the data in ``product/`` (``no2``,
     chunked, deflate, ``_FillValue``, some NaN), ``geolocation/`` and ``support_data/``,
     all along ``mirror_step`` x ``xtrack``. ``product/`` alone has no ``mirror_step``
     variable (netCDF scoping: the root's coordinate applies to it). ``coordinate=False``
-    leaves the root's out too: nothing orders the granules."""
+    leaves the root's out too: nothing orders the granules. ``static=True`` adds an
+    ``instrument/`` group without ``mirror_step`` (``wavelength(band)``, the same in every
+    granule) and group attributes. ``index=True`` is real TEMPO's shape: ``mirror_step``
+    is the index 0, 1, ... (the same in every granule) and ``time(mirror_step)`` in the
+    root holds the time (float seconds since 1980-01-06, GPS epoch, from ``start``)."""
     import h5netcdf
 
     rng = np.random.default_rng(start if seed is None else seed)
     with h5netcdf.File(path, "w") as f:
         f.dimensions = {"mirror_step": steps, "xtrack": 4}
-        if coordinate:
+        if coordinate and index:
+            f.create_variable("mirror_step", ("mirror_step",), "i4", data=np.arange(steps))
+            t = f.create_variable(
+                "time", ("mirror_step",), "f8", data=start + 2.5 * np.arange(steps)
+            )
+            t.attrs["units"] = "seconds since 1980-01-06T00:00:00Z"
+        elif coordinate:
             t = f.create_variable(
                 "mirror_step", ("mirror_step",), "i8", data=start + np.arange(steps, dtype="i8")
             )
@@ -281,4 +298,14 @@ def tempo_like_granule(
                 fillvalue=np.float32(-1e30),
             )
             v.attrs["units"] = "1"
+            if static:
+                g.attrs["title"] = f"{group} of {path.name}"
+                g.attrs["summary"] = f"the {group} group"
+                g.attrs["history"] = "written by tests/granule_factory.py"  # per granule by name
+        if static:
+            f.attrs["platform"] = "TEMPO-like"
+            g = f.create_group("instrument")
+            g.dimensions = {"band": 2}
+            w = g.create_variable("wavelength", ("band",), "f8", data=np.array([290.0, 740.0]))
+            w.attrs["units"] = "nm"
     return path

@@ -26,6 +26,7 @@ _LAZY = {
     "Config": "refstore.config",
     "load_config": "refstore.config",
     "open_dataset": "refstore.api",
+    "open_datatree": "refstore.api",
     "open_export": "refstore.api",
     "open_store": "refstore.api",
 }
@@ -65,6 +66,7 @@ __all__ = [
     "StoreError",
     "load_config",
     "open_dataset",
+    "open_datatree",
     "open_export",
     "open_store",
     "sync",

@@ -268,6 +268,8 @@ def admit(
         rejected.append(Failure(key, f"{key}: {problem}"))
         if key in keep_old:  # a revision that does not fit keeps the old references
             _insert(timeline, keep_old.pop(key))
+    if store_length == 0:  # a new store: overlapping granules of its first batch, all new
+        return Admission(tuple(accepted), tuple(rejected), reference or {})
     # The unchanged prefix stays; everything from the first change on is rewritten.
     offset = 0
     for index, slot in enumerate(timeline):
@@ -293,7 +295,8 @@ def stable_attrs(attrs: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], tu
     if not attrs:
         return {}, ()
     first = attrs[0]
-    dropped = {k for k in first if k in PER_GRANULE_ATTRS}
+    # A hierarchy's group attributes are named with their group path (refstore.hierarchy)
+    dropped = {k for k in first if str(k).rpartition("/")[2] in PER_GRANULE_ATTRS}
     for other in attrs[1:]:
         for k, v in first.items():
             if k not in other or not _same(other[k], v):

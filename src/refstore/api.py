@@ -10,7 +10,14 @@ from refstore.errors import ConfigError, NotFoundError
 from refstore.storage import S3Options, is_local, store_options
 from refstore.store import Store
 
-__all__ = ["open_dataset", "open_export", "open_history", "open_refs", "open_store"]
+__all__ = [
+    "open_dataset",
+    "open_datatree",
+    "open_export",
+    "open_history",
+    "open_refs",
+    "open_store",
+]
 
 
 def _config(config: str | os.PathLike[str] | Config | None) -> Config:
@@ -115,12 +122,19 @@ def _export_fs(cfg: Config) -> dict[str, dict[str, Any]] | None:
 
 
 def _refuse_rectilinear_export(cfg: Config) -> None:
-    """Say why a rectilinear store has no export (rather than "run sync")."""
+    """Say why a rectilinear store or a hierarchy has no export (rather than "run sync")."""
     from refstore.chunkgrid import RECTILINEAR
     from refstore.errors import LayoutError
 
     store = open_store(cfg)
     head = store.head() if store.exists() else None
+    if head is not None and store.groups():
+        raise LayoutError(
+            f"{cfg.repo} is a hierarchy of groups ({', '.join(store.groups())}): it has no "
+            "kerchunk export.",
+            "Open the Icechunk repository instead: refstore.open_datatree(config), or "
+            "refstore.open_dataset(config, group=...).",
+        )
     if head is not None and head.layout == RECTILINEAR:
         raise LayoutError(
             f"{cfg.repo} has a rectilinear chunk grid (granules of uneven length): it has "
@@ -147,6 +161,11 @@ def open_dataset(
         ``"repo"`` reads the Icechunk repository; ``"export"`` reads the kerchunk
         Parquet export with plain fsspec + xarray (``at`` is then not allowed: the
         export always holds the newest snapshot; a rectilinear store has no export).
+    kwargs
+        xarray's decoding keywords; ``group="product"`` opens one group of a
+        whole-hierarchy store (``[dataset] group = "*"``), with the concat coordinate
+        of the root as its coordinate (netCDF scoping), as ``xr.open_dataset(file,
+        group="product")`` shows each granule.
 
     Raises
     ------
@@ -165,6 +184,8 @@ def open_dataset(
             from refstore.maintenance import check_not_expired
 
             check_not_expired(cfg, store, at)
+        if kwargs.get("group"):
+            return _open_group(cfg, store, at, **kwargs)
         return store.open_dataset(at, **kwargs)
     if source == "export":
         if at is not None:
@@ -177,3 +198,63 @@ def open_dataset(
             _refuse_rectilinear_export(cfg)
         return open_export(cfg.export, options=store_options(cfg), fs=_export_fs(cfg), **kwargs)
     raise ConfigError(f"Unknown source {source!r}.", "Use source='repo' or source='export'.")
+
+
+def _open_group(cfg: Config, store: Store, at: str | None, **kwargs: Any) -> Any:
+    """One group of a hierarchy at ``at``, with its parents' concat coordinate."""
+    from refstore.errors import NotFoundError
+
+    group = str(kwargs.pop("group")).strip("/")
+    session = store.session(at)
+    from refstore.hierarchy import stored_groups
+
+    if group not in stored_groups(session.store):
+        raise NotFoundError(
+            f"{cfg.repo} has no group {group!r}.",
+            "List them with refstore.open_datatree(config) (its groups), or open the root "
+            "without group=.",
+        )
+    ds = store.open_dataset(session=session, group=group, **kwargs)
+    dim = cfg.concat_dim
+    if dim in ds.dims and dim not in ds.variables:
+        root = store.open_dataset(session=session, **kwargs)
+        if dim in root.variables:
+            ds = ds.assign_coords({dim: root[dim].variable})
+    return ds
+
+
+def open_datatree(
+    config: str | os.PathLike[str] | Config | None = None, at: str | None = None, **kwargs: Any
+) -> Any:
+    """The store as a lazy ``xr.DataTree``: one node per group, each CF-decoded as
+    :func:`open_dataset` decodes it; the groups inherit the root's concat coordinate.
+
+    Parameters
+    ----------
+    config
+        As for :func:`open_dataset`.
+    at
+        A snapshot id, tag or ISO date/datetime: the tree as it was then.
+    kwargs
+        xarray's decoding keywords.
+
+    Raises
+    ------
+    NotFoundError
+        No repository yet, or ``at`` matches nothing.
+    """
+    import xarray as xr
+
+    from refstore.hierarchy import stored_groups
+
+    cfg = _config(config)
+    store = open_store(cfg)
+    if at is not None:
+        from refstore.maintenance import check_not_expired
+
+        check_not_expired(cfg, store, at)
+    session = store.session(at)
+    nodes = {"/": store.open_dataset(session=session, **kwargs)}
+    for group in stored_groups(session.store):
+        nodes[f"/{group}"] = store.open_dataset(session=session, group=group, **kwargs)
+    return xr.DataTree.from_dict(nodes)

@@ -99,13 +99,17 @@ def _load(config_path: str | None, **overrides: Any) -> Any:
 @click.option("--export", "export_path", default="state/export/refs.parquet", show_default=True)
 @click.option("--loadable", multiple=True, help="Variable to load (repeat); default: automatic.")
 @click.option("--drop", multiple=True, help="Variable to leave out (repeat).")
-@click.option("--group", default="", help="HDF5 group holding the dataset.")
+@click.option(
+    "--group",
+    default="",
+    help='HDF5 group holding the dataset; "*" or "a,b": a whole hierarchy (docs/layouts.md).',
+)
 @click.option(
     "--concat-from",
     default="auto",
     show_default=True,
     help='Files without the concat dim: "scalar", "attr:NAME", "filename:%Y%m%d"; '
-    'a dim with no coordinate: "arrival" (docs/layouts.md).',
+    'a dim with no coordinate: "arrival"; a repeating index: "var:NAME" (docs/layouts.md).',
 )
 @click.option(
     "--path",
@@ -143,7 +147,7 @@ def init(
         export=export_path,
         loadable_variables=loadable or None,
         drop_variables=drop,
-        group=group,
+        group=tuple(g.strip() for g in group.split(",")) if "," in group else group,
         concat_from=concat_from,
     )
     path.parent.mkdir(parents=True, exist_ok=True)

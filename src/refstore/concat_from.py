@@ -12,6 +12,9 @@ file name (OMI/OMPS L3, SMAP L4). ``[dataset] concat_from`` says where to look::
     concat_from = "filename:%Y%m%d"               # strptime codes, searched in the name
     concat_from = "arrival"                       # the dim has no coordinate: stack in
                                                   # arrival order (opt-in; else refused)
+    concat_from = "var:time"                      # the dim's coordinate is an index that
+                                                  # repeats (TEMPO mirror_step 0..131): order
+                                                  # by this 1-D variable along the dim
 
 Each granule then gets a length-1 concat dim and that one value as its coordinate, so
 the store reads back as ``xr.open_dataset(file).expand_dims(...)`` would. A value from
@@ -45,7 +48,7 @@ __all__ = [
 
 DERIVED_UNITS = "seconds since 1970-01-01 00:00:00"
 DERIVED_CALENDAR = "proleptic_gregorian"
-KINDS = ("auto", "scalar", "attr", "filename", "arrival")
+KINDS = ("auto", "scalar", "attr", "filename", "arrival", "var")
 # strptime codes a file-name pattern may use, and what each matches.
 _CODES = {
     "Y": r"\d{4}",
@@ -61,7 +64,8 @@ _CODES = {
 }
 _HINT = (
     'Use concat_from = "auto", "scalar", "scalar:<variable>", "attr:<global attribute>", '
-    '"filename:<strptime pattern>" (e.g. "filename:%Y%m%d") or "arrival"; see docs/layouts.md.'
+    '"filename:<strptime pattern>" (e.g. "filename:%Y%m%d"), "arrival" or "var:<variable>" '
+    "(a 1-D variable along the dim that orders granules); see docs/layouts.md."
 )
 
 
@@ -71,6 +75,10 @@ class ConcatFrom:
 
     kind: str
     arg: str = ""
+
+    def order_by(self, concat_dim: str) -> str:
+        """The variable whose values order granules along the dim (``var:NAME``: NAME)."""
+        return self.arg if self.kind == "var" else concat_dim
 
     @property
     def derived(self) -> bool:
@@ -90,7 +98,7 @@ def parse_concat_from(text: str) -> ConcatFrom:
     kind = kind.strip()
     if kind not in KINDS or (kind in ("auto", "arrival") and arg):
         raise ConfigError(f"[dataset] concat_from {text!r} is not understood.", _HINT)
-    if kind in ("attr", "filename") and not arg.strip():
+    if kind in ("attr", "filename", "var") and not arg.strip():
         raise ConfigError(f"[dataset] concat_from {text!r} needs a name after ':'.", _HINT)
     if kind == "filename":
         _pattern_regex(arg)  # validates

@@ -74,7 +74,8 @@ class Config:
     export: str
     loadable_variables: tuple[str, ...] | None = None
     drop_variables: tuple[str, ...] = ()
-    group: str = ""
+    # One group (str), or a whole hierarchy: "*" (every group) or a list (docs/layouts.md)
+    group: str | tuple[str, ...] = ""
     coord_chunk: int | None = None
     concat_chunks: str = "auto"  # decided when the repository is created (docs/layouts.md)
     concat_from: str = "auto"  # a file without the concat dim: scalar, attr:NAME, filename:PAT
@@ -175,9 +176,22 @@ class Config:
                 f"got {self.concat_chunks!r}.",
                 'Use concat_chunks = "auto" (rectilinear only when granule lengths differ).',
             )
+        from refstore.hierarchy import parse_groups
+
+        object.__setattr__(self, "group", parse_groups(self.group))  # raises ConfigError
         from refstore.concat_from import parse_concat_from
 
         parse_concat_from(self.concat_from)  # raises ConfigError naming the choices
+        kind = self.concat_from.partition(":")[0]
+        if self.hierarchy and (kind not in ("auto", "arrival", "var") or self.dmrpp == "always"):
+            raise ConfigError(
+                f"[dataset] group = {self.group_key} (a whole hierarchy) works with "
+                'concat_from = "auto", "arrival" or "var:NAME" and [source] dmrpp = "auto" '
+                'or "never"; '
+                f"got concat_from = {self.concat_from!r}, dmrpp = {self.dmrpp!r}.",
+                "Use one group per store for one-step files or sidecar-only granules "
+                "(docs/layouts.md, Whole hierarchies).",
+            )
         if self.keep_last < 1 or self.keep_days < 0 or self.export_grace_hours < 0:
             raise ConfigError(
                 f"[maintenance] keep_last must be at least 1 and keep_days, "
@@ -191,6 +205,24 @@ class Config:
                 "Leave coord_chunk unset to let refstore choose about a year of steps.",
             )
 
+    @property
+    def hierarchy(self) -> tuple[str, ...]:
+        """The groups kept as one hierarchy: ``("*",)`` for every group, the listed
+        ones, or ``()`` for a store of one group (:attr:`single_group`)."""
+        if isinstance(self.group, tuple):
+            return self.group
+        return ("*",) if self.group == "*" else ()
+
+    @property
+    def single_group(self) -> str:
+        """The one group a store of one group serves ("" for the root or a hierarchy)."""
+        return "" if self.hierarchy or isinstance(self.group, tuple) else self.group
+
+    @property
+    def group_key(self) -> str:
+        """The group setting as text, for the settings' fingerprint."""
+        return self.group if isinstance(self.group, str) else "[" + ",".join(self.group) + "]"
+
     def replace(self, **changes: Any) -> Config:
         """Return a copy with ``changes`` applied (and validated again)."""
         return dataclasses.replace(self, **changes)
@@ -201,7 +233,7 @@ _SCHEMA: dict[tuple[str, str], tuple[str, type]] = {
     ("dataset", "concat_dim"): ("concat_dim", str),
     ("dataset", "loadable_variables"): ("loadable_variables", list),
     ("dataset", "drop_variables"): ("drop_variables", list),
-    ("dataset", "group"): ("group", str),
+    ("dataset", "group"): ("group", object),  # a name, "*" or a list of names
     ("dataset", "coord_chunk"): ("coord_chunk", int),
     ("dataset", "concat_chunks"): ("concat_chunks", str),
     ("dataset", "concat_from"): ("concat_from", str),
@@ -266,6 +298,10 @@ def _resolve(value: str, root: Path) -> str:
 
 def _coerce(field: str, kind: type, value: Any, origin: str) -> Any:
     try:
+        if kind is object:  # text, or a list of texts (env: "a,b")
+            if isinstance(value, str) and "," not in value:
+                return value
+            return _coerce(field, list, value, origin)
         if kind is list:
             if isinstance(value, str):
                 return tuple(v.strip() for v in value.split(",") if v.strip())
@@ -413,7 +449,7 @@ def render_toml(
     export: str = _DEFAULTS["export"],
     loadable_variables: tuple[str, ...] | None = None,
     drop_variables: tuple[str, ...] = (),
-    group: str = "",
+    group: str | tuple[str, ...] = "",
     concat_from: str = "auto",
 ) -> str:
     """Render a ``refstore.toml`` with the contract key names (used by ``refstore init``)."""
@@ -434,7 +470,7 @@ def render_toml(
         lines.append("# loadable_variables = []  # default: chosen automatically")
     lines += [
         f"drop_variables = {lst(drop_variables)}",
-        f"group = {s(group)}",
+        f"group = {s(group) if isinstance(group, str) else lst(group)}",
         *([f"concat_from = {s(concat_from)}"] if concat_from != "auto" else []),
         "",
         "[source]",

@@ -53,14 +53,14 @@ def value_source(
     """
     how = parse_concat_from(concat_from)
     if concat_dim in set(all_dims):
-        if how.kind in ("auto", "arrival"):
+        if how.kind in ("auto", "arrival", "var"):
             return None
         raise GranuleError(
             f"{granule.key}: has a dimension {concat_dim!r}, but concat_from = "
             f"{concat_from!r} is for files without one",
             'Set [dataset] concat_from = "auto" (the default) for files that have the dim.',
         )
-    if how.kind in ("auto", "arrival"):
+    if how.kind in ("auto", "arrival", "var"):
         if how.kind == "auto" and dims.get(concat_dim) == ():
             return ConcatFrom("scalar", concat_dim)
         raise GranuleError(

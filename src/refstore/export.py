@@ -35,14 +35,24 @@ def build_refs(session: Any, registry: Any, native_chunks_prefix: str) -> dict[s
     ------
     LayoutError
         The store has a rectilinear chunk grid: zarr v2 has one chunk shape per array,
-        so any export would misplace steps; refused rather than written wrong.
+        so any export would misplace steps; refused rather than written wrong. Or the
+        store is a whole hierarchy of groups (not exported; docs/layouts.md).
     """
     import warnings
 
     from virtualizarr.parsers import IcechunkParser
 
+    from refstore.hierarchy import stored_groups
     from refstore.rectilinear import rectilinear_arrays
 
+    groups = stored_groups(session.store)
+    if groups:
+        raise LayoutError(
+            f"Not exported: the store is a hierarchy of groups ({', '.join(groups)}); "
+            "refstore writes kerchunk exports of one group only.",
+            "Open the Icechunk repository instead: refstore.open_datatree(config), or "
+            "refstore.open_dataset(config, group=...).",
+        )
     uneven = rectilinear_arrays(session.store)
     if uneven:
         raise LayoutError(

@@ -248,9 +248,23 @@ def publish(
         Nothing to publish yet.
     ConfigError
         A remote export and no local ``folder``.
+    LayoutError
+        The store is a whole hierarchy of groups: the page, its open code and the STAC
+        assets describe a store of one group with a kerchunk export.
     """
     from refstore.coverage import draw
     from refstore.coverage import gather as gather_coverage
+
+    if config.hierarchy:
+        from refstore.errors import LayoutError
+
+        raise LayoutError(
+            f"Not published: [dataset] group = {config.group_key} keeps a hierarchy of groups, "
+            "and the published page, open code and STAC assets describe one group with a "
+            "kerchunk export.",
+            "Share the Icechunk repository and refstore.open_datatree(config); or publish a "
+            'store of one group (group = "product").',
+        )
 
     out = Path(folder) if folder is not None else default_folder(config)
     out.mkdir(parents=True, exist_ok=True)

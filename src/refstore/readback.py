@@ -104,7 +104,9 @@ def _served(vg: VirtualGranule, registry: Any, names: list[str]) -> dict[str, An
     return {"repository": repo, "export": export}
 
 
-def readback(vg: VirtualGranule, registry: Any, fmt: str, group: str = "") -> str | None:
+def readback(
+    vg: VirtualGranule, registry: Any, fmt: str, group: str = "", concat_dim: str = ""
+) -> str | None:
     """Compare ``vg``'s references with the file; None if equal, else the reason.
 
     Never raises: a check that cannot run is a reason too (nothing unverified lands).
@@ -119,9 +121,20 @@ def readback(vg: VirtualGranule, registry: Any, fmt: str, group: str = "") -> st
         ``"hdf5"`` or ``"netcdf3"``.
     group
         The group the dataset was read from.
+    concat_dim
+        The concat dim: a dataset of a whole hierarchy (variable names with a group
+        path, :mod:`refstore.hierarchy`) is compared group by group with the file's.
     """
+    from refstore.hierarchy import split
+
     try:
-        return _readback(vg, registry, fmt, group)
+        if not any("/" in str(n) for n in vg.dataset.variables):
+            return _readback(vg, registry, fmt, group)
+        for path, ds in split(vg.dataset, concat_dim).items():
+            problem = _readback(replace(vg, dataset=ds), registry, fmt, path)
+            if problem:
+                return f"group {path or '/'!r}: {problem}"
+        return None
     except Exception as e:
         return f"the readback check failed ({type(e).__name__}: {e})"
 

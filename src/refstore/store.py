@@ -377,16 +377,25 @@ class Store:
 
     def open_dataset(self, at: str | None = None, **kwargs: Any) -> Any:
         """The lazy ``xr.Dataset`` as it was at ``at``, CF-decoded with the dtypes a
-        netCDF reader gives (:func:`refstore.cf.open_decoded`)."""
+        netCDF reader gives (:func:`refstore.cf.open_decoded`). ``group=`` opens a group
+        of a whole-hierarchy store (its parents' coordinates are not added here)."""
         import xarray as xr
 
         from refstore.cf import open_decoded
 
-        session = self.session(at)
+        session = kwargs.pop("session", None) or self.session(at)
         kwargs.setdefault("chunks", {})
+        if not kwargs.get("group"):
+            kwargs.pop("group", None)
         return open_decoded(
             xr.open_zarr, store=session.store, consolidated=False, zarr_format=3, **kwargs
         )
+
+    def groups(self, at: str | None = None) -> list[str]:
+        """The groups below the root at ``at`` (a whole-hierarchy store; else none)."""
+        from refstore.hierarchy import stored_groups
+
+        return stored_groups(self.session(at).store)
 
     def coord_encoding(self, snapshot: str, name: str) -> CoordEncoding | None:
         """How the loaded variable ``name`` is stored at ``snapshot`` (None if absent)."""
@@ -455,6 +464,7 @@ class Store:
         import zarr
 
         from refstore.faults import checkpoint
+        from refstore.hierarchy import place_group_attrs
 
         session = self.repo.writable_session(BRANCH)
         base = str(session.snapshot_id)
@@ -480,6 +490,8 @@ class Store:
                     ds.vz.to_icechunk(session.store, append_dim=concat_dim)
                 else:
                     _rewrite(session.store, ds, concat_dim, region_start, new_length)
+                if mode == "create":
+                    place_group_attrs(session.store)  # a hierarchy's (refstore.hierarchy)
         except Exception as e:
             raise StoreError(f"Writing to the repository failed: {e}") from e
         checkpoint("mid-write")
@@ -545,7 +557,9 @@ def _rewrite(store: Any, ds: Any, concat_dim: str, start: int, new_length: int) 
 
     stop = start + int(ds.sizes[concat_dim])
     group = zarr.open_group(store, mode="r+", zarr_format=3)
-    for _, array in group.arrays():
+    # Every array of the hierarchy: a whole-hierarchy store has them in groups too.
+    arrays = [node for _, node in group.members(max_depth=None) if isinstance(node, zarr.Array)]
+    for array in arrays:
         dims = getattr(array.metadata, "dimension_names", None) or ()
         # A rectilinear array gets its new edges from refstore.rectilinear instead.
         if concat_dim in dims and not is_rectilinear(array):

@@ -175,7 +175,8 @@ class _Run:
             c.concat_dim,
             c.loadable_variables,
             c.drop_variables,
-            c.group,
+            c.single_group,
+            groups=c.hierarchy,
             dmrpp=c.dmrpp,
             concat_from=c.concat_from,
         )
@@ -438,7 +439,8 @@ class _Run:
                 log.info("%s: from its own metadata: %s", vg.granule.key, vg.note)
             key = key_of(vg)
             if key not in verified:
-                problem = readback(vg, self.source.registry(), vg.fmt, self.config.group)
+                c = self.config
+                problem = readback(vg, self.source.registry(), vg.fmt, c.single_group, c.concat_dim)
                 if problem is not None:
                     failures.append(Failure(vg.granule.key, f"{vg.granule.key}: {problem}"))
                     continue
@@ -524,8 +526,8 @@ class _Run:
         the batch); otherwise the full export at the end of the run rewrites it."""
         from refstore.export_incremental import append_export
 
-        if self.ledger.get_meta(EXPORTED) != head.snapshot:
-            return
+        if self.ledger.get_meta(EXPORTED) != head.snapshot or self.config.hierarchy:
+            return  # a hierarchy has no export (refstore.export.build_refs says why)
         t = time.perf_counter()
         session = self.store.repo.readonly_session(snapshot_id=snapshot)
         datasets = [vg.dataset for vg in sequence]
@@ -735,7 +737,7 @@ def sync(
             rows = ledger.rows()
             fingerprint = dataset_fingerprint(
                 config.concat_dim,
-                config.group,
+                config.group_key,
                 config.loadable_variables,
                 config.drop_variables,
                 config.concat_from,

@@ -20,6 +20,7 @@ from typing import Any
 
 from refstore.compare import difference
 from refstore.config import Config
+from refstore.hierarchy import group_of
 from refstore.models import CommitInfo, Placement
 
 __all__ = ["VerifyReport", "layout_at", "verify"]
@@ -85,6 +86,21 @@ def _open_source(source: Any, url: str, **kwargs: Any) -> Any:
     return xr.open_dataset(io.BytesIO(data), engine=engine, **kwargs)
 
 
+def _open_scoped(source: Any, url: str, group: str, name: str, **kwargs: Any) -> Any:
+    """The file's ``group`` opened, or the nearest parent group holding ``name`` (a
+    variable the store took from a parent group: netCDF scoping)."""
+    from refstore.virtualize import parent_groups
+
+    wheres = [group, *parent_groups(group)] if group else [""]
+    for where in wheres[:-1]:
+        ds = _open_source(source, url, group=where, **kwargs)
+        if name in ds.variables:
+            return ds
+        ds.close()
+    last = wheres[-1]
+    return _open_source(source, url, **({"group": last} if last else {}), **kwargs)
+
+
 def verify(
     config: Config,
     *,
@@ -142,8 +158,9 @@ def verify(
             )
 
     raw = {"mask_and_scale": False, "decode_times": False}
-    served = {"repository (raw)": store.open_dataset(snapshot, **raw)}
-    served["repository"] = store.open_dataset(snapshot)
+    groups = store.groups(snapshot) if config.hierarchy else []
+    served = {"repository (raw)": _flat(store, snapshot, groups, **raw)}
+    served["repository"] = _flat(store, snapshot, groups)
     if at is None or snapshot == store.head_snapshot():
         served.update(_export(config, served["repository"], report))
         _published(config, published, served["repository"], snapshot, report)
@@ -153,7 +170,6 @@ def verify(
     rnd = random.Random(seed)
     total = sum(p.length for p in layout)
     unreadable = {m.split(":")[0] for m in report.missing + report.changed}
-    group = {"group": config.group} if config.group else {}
     nans: dict[str, list[int]] = {}
     picks = [
         (rnd.choice(names), rnd.randrange(total)) for _ in range(sample if names and total else 0)
@@ -174,8 +190,9 @@ def verify(
             except Exception as e:  # Icechunk refuses references to a modified source
                 report.mismatches.append(f"{where}: unreadable through the {label}: {e}")
                 continue
-            with _open_source(source, p.url, **({} if decoded else raw), **group) as direct:
-                var = direct[name]
+            group, base = group_of(name) if groups else (config.single_group, name)
+            with _open_scoped(source, p.url, group, base, **({} if decoded else raw)) as direct:
+                var = direct[base]
                 # A file without the concat dim (concat_from) holds its one step whole.
                 step = var.isel({dim: index - p.offset}) if dim in var.dims else var
                 expected = np.asarray(step.values)
@@ -215,6 +232,21 @@ def _coordinate_problem(view: Any, direct: Any, dim: str, index: int, step: int)
         return None
     got = np.asarray(view[dim].isel({dim: index}).values)
     return difference(got, np.asarray(direct[dim].isel({dim: step}).values))
+
+
+def _flat(store: Any, snapshot: str, groups: list[str], **kwargs: Any) -> Any:
+    """The repository at ``snapshot`` as one dataset, a hierarchy's group variables
+    named with their group path (:mod:`refstore.hierarchy`)."""
+    ds = store.open_dataset(snapshot, **kwargs)
+    if not groups:
+        return ds
+    import xarray as xr
+
+    variables = dict(ds.variables)
+    for group in groups:
+        part = store.open_dataset(snapshot, group=group, **kwargs)
+        variables.update({f"{group}/{n}": v for n, v in part.variables.items()})
+    return xr.Dataset(variables, attrs=ds.attrs)
 
 
 def _published(

@@ -8,13 +8,14 @@ the rest of the batch goes on. The parser is chosen from the file's magic bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from refstore.cf import record_attr_dtypes
+from refstore.concat_from import parse_concat_from
 from refstore.coords import raw_loaded
 from refstore.errors import GranuleError, RefstoreError
 from refstore.expand import expand_granule, loadable_expanded, value_source
@@ -53,6 +54,7 @@ class DatasetSpec:
     loadable_variables: tuple[str, ...] | None = None
     drop_variables: tuple[str, ...] = ()
     group: str = ""
+    groups: tuple[str, ...] = ()  # a whole hierarchy: ("*",) or the groups (refstore.hierarchy)
     dmrpp: str = "never"  # "auto" | "never" | "always": build from <url>.dmrpp (refstore.dmrpp)
     concat_from: str = "auto"  # a file without the concat dim: refstore.concat_from
     # Where the previous granule kept its loaded variables, ``(offset, length)``: read
@@ -266,6 +268,12 @@ def _from_sidecar(granule: Granule, spec: DatasetSpec, registry: Any) -> Virtual
         if guess is not None:
             guess.join()
     group = dmrpp.manifest_group(text, granule.url, spec.group, spec.drop_variables)
+    if spec.group:  # the parents' coordinate, from the same sidecar (netCDF scoping)
+
+        def parse(parent: str) -> Any:
+            return dmrpp.manifest_group(text, granule.url, parent, spec.drop_variables).arrays
+
+        group = with_parent_arrays(group, spec, parse)
     problem = dmrpp.outside(group, granule.size)
     if problem:
         raise dmrpp.SidecarError(problem)
@@ -302,7 +310,7 @@ def _parse(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGranule
     from refstore.dmrpp import NoSidecar, SidecarError
 
     _compat.install()
-    if spec.dmrpp == "never":
+    if spec.dmrpp == "never" or spec.groups:  # a hierarchy: from the file (docs/layouts.md)
         return _parse_file(granule, spec, registry)
     try:
         return replace(_from_sidecar(granule, spec, registry), probe=FOUND)
@@ -326,6 +334,8 @@ def _parse_file(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGr
     drop = list(spec.drop_variables) or None
     group = spec.group or None
     parser: Any
+    if fmt == "hdf5" and spec.groups:
+        return _parse_hierarchy(granule, spec, data, registry)
     if fmt == "hdf5":
         parser = HDFParser(
             group=group, drop_variables=drop, reader_factory=lambda _s, _p: data.reader()
@@ -347,6 +357,88 @@ def _parse_file(granule: Granule, spec: DatasetSpec, registry: Any) -> VirtualGr
     return _finish(granule, spec, manifest_store, fmt, data)
 
 
+def _in_group(names: Iterable[str] | None, group: str) -> tuple[str, ...] | None:
+    """The names (``product/no2``, or ``crs`` in the root) that belong to ``group``."""
+    from refstore.hierarchy import group_of
+
+    if names is None:
+        return None
+    return tuple(b for g, b in map(group_of, names) if g == group)
+
+
+def _parse_hierarchy(
+    granule: Granule, spec: DatasetSpec, data: GranuleBytes, registry: Any
+) -> VirtualGranule:
+    """Every wanted group of the granule as one flat dataset (:mod:`refstore.hierarchy`):
+    a group along the concat dim is read as a store of that group alone would read it
+    (with its parents' coordinate), one without it is loaded whole (static support data,
+    compared on every later granule like any variable without the concat dim)."""
+    from virtualizarr.parsers import HDFParser
+
+    from refstore import _compat, hierarchy
+
+    try:
+        present = hierarchy.file_groups(data.reader())
+    except Exception as e:
+        raise GranuleError(f"{granule.key}: hdf5 groups cannot be listed: {_short(e)}") from e
+    parts: dict[str, Any] = {}
+    parsed: dict[str, Any] = {}
+    along: list[VirtualGranule] = []
+    dim = spec.concat_dim
+    for group in hierarchy.wanted_groups(spec.groups, present, granule.key):
+        own = replace(
+            spec,
+            group=group,
+            groups=(),
+            drop_variables=_in_group(spec.drop_variables, group) or (),
+            loadable_variables=_in_group(spec.loadable_variables, group),
+        )
+        drop = list(own.drop_variables) or None
+        try:
+            parser = HDFParser(
+                group=group or None,
+                drop_variables=drop,
+                reader_factory=lambda _s, _p: data.reader(),
+            )
+            manifest_store = parser(url=granule.url, registry=registry)
+            parsed[group] = manifest_store._group.arrays  # parents come first: read once
+            if group:
+                manifest_store = _with_parent_coordinate(
+                    manifest_store, granule, own, data, registry, parsed
+                )
+        except Exception as e:
+            problem = f"group {group!r}: hdf5 parser failed: {_short(e)}"
+            raise GranuleError(f"{granule.key}: {problem}") from e
+        arrays = manifest_store._group.arrays
+        if any(dim in (a.metadata.dimension_names or ()) for a in arrays.values()):
+            vg = _finish(granule, own, manifest_store, "hdf5", data)
+            along.append(vg)
+            parts[group] = vg.dataset
+            continue
+        names = list(arrays)
+        try:
+            ds = _compat.virtual_dataset(manifest_store._group, _only(manifest_store, names), names)
+            for name in names:
+                ds.variables[name].load()
+        except Exception as e:
+            raise GranuleError(
+                f"{granule.key}: group {group!r}: cannot read its variables: {_short(e)}",
+                "Leave the group out of [dataset] group, or fix the file upstream.",
+            ) from e
+        record_attr_dtypes(ds)
+        parts[group] = _raw(ds, manifest_store, names)
+    if not along:
+        raise GranuleError(
+            f"{granule.key}: no group has the dimension {dim!r} "
+            f"(groups: {', '.join(repr(g) for g in parts)})",
+            "Fix [dataset] concat_dim, or the groups kept ([dataset] group).",
+        )
+    order = parse_concat_from(spec.concat_from).order_by(dim)
+    flat = hierarchy.flatten(parts, dim, granule.key, order)
+    main = along[0]
+    return replace(main, dataset=flat, signature=signature(flat, dim), coord_ranges=())
+
+
 def parent_groups(group: str) -> list[str]:
     """The groups above ``group``, nearest first: ``"a/b/c"`` -> ``["a/b", "a", ""]``."""
     parts = [p for p in group.strip("/").split("/") if p]
@@ -354,33 +446,67 @@ def parent_groups(group: str) -> list[str]:
 
 
 def _with_parent_coordinate(
-    manifest_store: Any, granule: Granule, spec: DatasetSpec, data: GranuleBytes, registry: Any
+    manifest_store: Any,
+    granule: Granule,
+    spec: DatasetSpec,
+    data: GranuleBytes,
+    registry: Any,
+    parsed: dict[str, Any] | None = None,
 ) -> Any:
     """``manifest_store`` plus the concat-dim coordinate from the nearest parent group
     that has it, when the group itself has the dim but not its coordinate (TEMPO keeps
     ``mirror_step`` in the root, the data in ``product/``): netCDF scoping, as a
-    coordinate in a parent group applies to its children. Unchanged otherwise."""
-    from virtualizarr.manifests import ManifestGroup, ManifestStore
+    coordinate in a parent group applies to its children. Unchanged otherwise.
+    ``parsed``: the arrays of groups parsed already, by path (a hierarchy's), added to."""
+    from virtualizarr.manifests import ManifestStore
     from virtualizarr.parsers import HDFParser
 
+    def read(_store: Any, _path: str) -> Any:
+        return data.reader()
+
+    def parse(parent: str) -> Any:
+        parser = HDFParser(group=parent or None, reader_factory=read)
+        return parser(url=granule.url, registry=registry)._group.arrays
+
     group = manifest_store._group
+    scoped = with_parent_arrays(group, spec, parse, parsed)
+    if scoped is group:
+        return manifest_store
+    return ManifestStore(scoped, registry=manifest_store._registry)
+
+
+def with_parent_arrays(
+    group: Any,
+    spec: DatasetSpec,
+    parse: Callable[[str], Mapping[str, Any]],
+    parsed: dict[str, Any] | None = None,
+) -> Any:
+    """The ``ManifestGroup`` of ``spec.group`` with dims named as netCDF scoping sees
+    them and, when it has the concat dim without its coordinate (or without the variable
+    ``concat_from = "var:NAME"`` orders by), that 1-D array from the nearest parent group
+    ``parse(parent)`` has it in; ``group`` itself when nothing changes."""
+    from virtualizarr.manifests import ManifestGroup
+
     parents = parent_groups(spec.group)
     arrays = _scoped_dims(group.arrays, parents)
     dim = spec.concat_dim
     has_dim = any(dim in (a.metadata.dimension_names or ()) for a in arrays.values())
-    if dim not in arrays and has_dim:
+    # The dim's coordinate, and the variable that orders granules (concat_from = var:NAME)
+    wanted = {dim, parse_concat_from(spec.concat_from).order_by(dim)} - set(arrays)
+    parsed = {} if parsed is None else parsed
+    for name in sorted(wanted) if has_dim else ():
         for parent in parents:
-            parser = HDFParser(group=parent or None, reader_factory=lambda _s, _p: data.reader())
-            found = parser(url=granule.url, registry=registry)._group.arrays.get(dim)
+            if parent not in parsed:
+                parsed[parent] = parse(parent)
+            found = parsed[parent].get(name)
+            if found is not None:
+                found = _scoped_dims({name: found}, [*parent_groups(parent), parent])[name]
             if found is not None and tuple(found.metadata.dimension_names or ()) == (dim,):
-                arrays = {**arrays, dim: found}
+                arrays = {**arrays, name: found}
                 break
     if arrays == dict(group.arrays):
-        return manifest_store
-    return ManifestStore(
-        ManifestGroup(arrays=arrays, attributes=group.metadata.attributes),
-        registry=manifest_store._registry,
-    )
+        return group
+    return ManifestGroup(arrays=arrays, attributes=group.metadata.attributes)
 
 
 def _scoped_dims(arrays: Mapping[str, Any], parents: list[str]) -> dict[str, Any]:
@@ -423,8 +549,12 @@ def _plan_load(
     source = value_source(
         granule, spec.concat_dim, spec.concat_from, dims, all_dims, shown_dims(all_dims)
     )
+    order = parse_concat_from(spec.concat_from).order_by(spec.concat_dim)
     if source is None:
-        return None, choose_loadable(dims, spec.concat_dim, spec.loadable_variables)
+        loadable = choose_loadable(dims, spec.concat_dim, spec.loadable_variables)
+        if order in dims and spec.loadable_variables is None:
+            loadable = tuple(sorted({*loadable, order}))  # its values order the granule
+        return None, loadable
     var_attrs = {name: arr.metadata.attributes for name, arr in arrays.items()}
     return source, tuple(
         loadable_expanded(spec.concat_dim, source, dims, var_attrs, spec.loadable_variables)
@@ -442,6 +572,7 @@ def _finish(
     """From a parsed manifest store to a :class:`VirtualGranule` (loads what is loadable:
     from ``values``, a zarr store of them, when given, else through ``manifest_store``)."""
     source, loadable = _plan_load(granule, spec, manifest_store._group.arrays)
+    order = parse_concat_from(spec.concat_from).order_by(spec.concat_dim)
     loaded = values if values is not None else _only(manifest_store, loadable)
     if data is not None:
         try:
@@ -487,16 +618,22 @@ def _finish(
             f"{granule.key}: has no steps along {spec.concat_dim!r} (the dimension is empty)",
             "Nothing to append; if the file is incomplete, replace it upstream and retry.",
         )
-    if spec.concat_dim in ds.variables and ds[spec.concat_dim].dims == (spec.concat_dim,):
-        values = ds[spec.concat_dim].values
+    if order in ds.variables and ds[order].dims == (spec.concat_dim,):
+        values = ds[order].values
         if values.size:
             if np.issubdtype(values.dtype, np.datetime64) and np.isnat(values).any():
-                raise GranuleError(f"{granule.key}: {spec.concat_dim} has missing values (NaT)")
+                raise GranuleError(f"{granule.key}: {order} has missing values (NaT)")
             if values.size > 1 and not bool(np.all(values[1:] > values[:-1])):
-                raise GranuleError(
-                    f"{granule.key}: {spec.concat_dim} is not strictly increasing in the file"
-                )
+                raise GranuleError(f"{granule.key}: {order} is not strictly increasing in the file")
             first, last = values[0], values[-1]
+    elif order != spec.concat_dim:
+        where = f"group {spec.group!r} or a parent group" if spec.group else "the file"
+        found = f"dims {ds[order].dims}" if order in ds.variables else "no such variable"
+        raise GranuleError(
+            f"{granule.key}: concat_from = {spec.concat_from!r} needs a 1-D variable "
+            f"{order!r} along {spec.concat_dim!r} in {where} ({found})",
+            "Fix [dataset] concat_from (var:<a variable along the dim>) or the file.",
+        )
     elif spec.concat_from != "arrival":
         where = f"group {spec.group!r} or a parent group" if spec.group else "the file"
         raise GranuleError(
