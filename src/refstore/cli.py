@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from refstore.clilog import configure, emit_error, import_sqlite_utils_lightly
+from refstore.clilog import configure, emit_error
 from refstore.errors import ConfigError, RefstoreError
 
 CONFIG_OPTION = click.option(
@@ -69,7 +69,6 @@ def cli(ctx: click.Context, verbose: bool, log_json: bool, group_config: str | N
     ctx.obj["config"] = group_config
     ctx.obj["log_json"] = log_json
     configure(verbose=verbose, log_json=log_json)
-    import_sqlite_utils_lightly()
 
 
 def _event(message: str, level: int = logging.WARNING, **fields: Any) -> None:
@@ -310,10 +309,10 @@ def status(config_path: str | None, as_json: bool) -> None:
 @JSON_OPTION
 def log_cmd(config_path: str | None, limit: int | None, as_json: bool) -> None:
     """The store's snapshots, newest first, with their tags and granules."""
-    from refstore.api import open_history
+    from refstore.mirror import known_store
 
     _quiet_icechunk()
-    entries = open_history(_load(config_path)).log(limit)
+    entries = known_store(_load(config_path)).log(limit)
     if as_json:
         _echo_json(
             [

@@ -15,9 +15,8 @@ from refstore.access import describe_hosts, open_bound
 from refstore.admit import from_json_value, order_key, placed_value
 from refstore.config import Config
 from refstore.ledger import Ledger
+from refstore.mirror import known_store
 from refstore.models import LedgerRow, Placement, Status
-from refstore.storage import store_options
-from refstore.store import Store
 from refstore.virtualize import format_value
 
 __all__ = ["coverage_gaps", "find_gaps", "gather_status", "unavailable"]
@@ -121,9 +120,10 @@ def gather_status(config: Config) -> dict[str, Any]:
     """A JSON-ready summary of the store and its ledger (reads no chunk)."""
     ledger = Ledger(config.ledger, readonly=True)
     try:
-        # History only: no container is authorized, no chunk read, no login needed.
-        store = Store(config.repo, options=store_options(config))
-        bound, policy = open_bound(config)
+        # History only: no container is authorized, no chunk read, no login needed; from
+        # the ledger's mirror of the repository while it is current (refstore.mirror).
+        store = known_store(config)
+        bound, policy = open_bound(config, known=store.known)
         head = store.head() if store.exists() else None
         rows = ledger.rows()
         return {
