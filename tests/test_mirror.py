@@ -140,10 +140,14 @@ def test_another_ledger_moving_the_head_is_seen_by_status_log_and_sync(
 
     status, heavy = traced("status", "--json", cwd=first)
     assert json.loads(status)["head"] == head and json.loads(status)["length"] == 8
+    assert json.loads(status)["ledger_behind"] is True  # its rows are not reconciled yet
     assert "icechunk" in heavy  # the mirror was stale: Icechunk answered
     entries, heavy = _log(first)
     assert entries[0]["snapshot"] == head and heavy == []  # status saved a fresh mirror
+    assert "the ledger is behind the repository" in run_cli("ls", cwd=first).stderr
     run_cli("sync", "--executor", "serial", cwd=first)
+    assert "behind" not in run_cli("ls", cwd=first).stderr
+    assert json.loads(run_cli("status", "--json", cwd=first).stdout)["ledger_behind"] is False
     with Ledger(first / "ledger.db", readonly=True) as ledger:
         assert ledger.get_meta(RECONCILED) == head
         assert {r.key: r.in_store for r in ledger.rows().values()} == {

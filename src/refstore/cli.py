@@ -282,6 +282,8 @@ def status(config_path: str | None, as_json: bool) -> None:
         return
     click.echo(f"store     {info['repo']}")
     click.echo(f"head      {info['head'] or '(empty)'}")
+    if info["ledger_behind"]:
+        click.echo(f"note      {_BEHIND}")
     hosts = ", ".join(f"{h['host']} ({h['from']})" for h in info["hosts"])
     click.echo(f"hosts     {hosts or '(none yet: decided by the first sync)'}")
     click.echo(f"coverage  {info['start']} .. {info['end']}  ({info['length']} steps)")
@@ -453,6 +455,12 @@ def retry(config_path: str | None, keys: tuple[str, ...], wait: float) -> None:
         ctx.invoke(sync, config_path=config_path, wait=wait)
 
 
+_BEHIND = (
+    "the ledger is behind the repository: another writer committed since the last "
+    "sync here (`refstore sync` reconciles it)"
+)
+
+
 @cli.command(name="ls")
 @CONFIG_OPTION
 @click.option("--state", help="Only this state: committed, quarantined, new, virtualized, missing.")
@@ -465,7 +473,13 @@ def ls_cmd(
     """One row per granule: key, state, time range, position, revision, snapshot, reason."""
     from refstore.listing import dumps, list_granules, render
 
-    rows = list_granules(_load(config_path), state=state, since=since, at=at)
+    cfg = _load(config_path)
+    rows = list_granules(cfg, state=state, since=since, at=at)
+    if at is None:
+        from refstore.mirror import ledger_behind
+
+        if ledger_behind(cfg):
+            _event(f"refstore: note: {_BEHIND}")
     if as_json:
         click.echo(dumps(rows))
         return

@@ -276,6 +276,17 @@ class Ledger:
         for values in cursor:
             yield _row(dict(zip(names, values, strict=True)))
 
+    def moved_on(self) -> list[LedgerRow]:
+        """Granules in the store whose source changed or vanished after the commit (what
+        ``status`` reports as unavailable), without reading every row."""
+        sql = (
+            "select * from granules where offset is not null and (missing_since is not null"
+            " or (placed_revision is not null and placed_revision != revision))"
+        )
+        cursor = self.db.conn.execute(sql)
+        names = [d[0] for d in cursor.description]
+        return [_row(dict(zip(names, values, strict=True))) for values in cursor]
+
     def counts(self) -> dict[str, int]:
         """Number of granules per status."""
         sql = "select status, count(*) from granules group by status"

@@ -28,11 +28,21 @@ from refstore.repo_ref import state_token
 from refstore.storage import store_options
 from refstore.store import Head, Store
 
-__all__ = ["KEY", "Mirror", "capture", "known_store", "load", "refresh"]
+__all__ = [
+    "KEY",
+    "RECONCILED",
+    "Mirror",
+    "capture",
+    "known_store",
+    "ledger_behind",
+    "load",
+    "refresh",
+]
 
 log = logging.getLogger("refstore")
 
 KEY = "repo_mirror"  # the ledger ``meta`` row holding it
+RECONCILED = "reconciled_snapshot"  # the tip of main the ledger's rows reflect
 VERSION = 1
 
 
@@ -172,6 +182,18 @@ def known_store(config: Config) -> Store:
         if mirror is not None:
             _save_quietly(config, mirror)
     return Store(config.repo, options=store_options(config), known=mirror)
+
+
+def ledger_behind(config: Config, store: Store | None = None) -> bool:
+    """Whether the repository's ``main`` moved past what the ledger's rows reflect (another
+    writer committed since the last sync here), read from ``store`` (default:
+    :func:`known_store`); False without a repository."""
+    from refstore.ledger import read_meta
+
+    store = store or known_store(config)
+    if not store.exists():
+        return False
+    return read_meta(config.ledger, RECONCILED) != store.head_snapshot()
 
 
 def _save_quietly(config: Config, mirror: Mirror) -> None:

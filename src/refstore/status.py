@@ -15,7 +15,7 @@ from refstore.access import describe_hosts, open_bound
 from refstore.admit import from_json_value, order_key, placed_value
 from refstore.config import Config
 from refstore.ledger import Ledger
-from refstore.mirror import known_store
+from refstore.mirror import known_store, ledger_behind
 from refstore.models import LedgerRow, Placement, Status
 from refstore.virtualize import format_value
 
@@ -125,12 +125,12 @@ def gather_status(config: Config) -> dict[str, Any]:
         store = known_store(config)
         bound, policy = open_bound(config, known=store.known)
         head = store.head() if store.exists() else None
-        rows = ledger.rows()
         return {
             "repo": config.repo,
             "ledger": config.ledger,
             "export": config.export,
             "head": head.snapshot if head else None,
+            "ledger_behind": ledger_behind(config, store),
             "hosts": describe_hosts(bound, policy),
             "start": format_value(from_json_value(head.first)) if head else None,
             "end": format_value(from_json_value(head.last)) if head else None,
@@ -141,7 +141,7 @@ def gather_status(config: Config) -> dict[str, Any]:
                 for r in ledger.iter_rows(Status.QUARANTINED)
             ],
             "missing": [{"key": k, "since": since} for k, since in ledger.missing()],
-            "unavailable": unavailable(rows.values()),
+            "unavailable": unavailable(ledger.moved_on()),
             "gaps": coverage_gaps(ledger.placements()) if head else [],
             "runs": ledger.runs(),
         }

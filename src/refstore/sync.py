@@ -54,7 +54,7 @@ log = logging.getLogger("refstore")
 
 type ProgressFactory = Callable[[int, str], Callable[[Result], None]]
 
-RECONCILED = "reconciled_snapshot"
+RECONCILED = mirror.RECONCILED
 EXPORTED = "exported_snapshot"
 VERIFIED = "readback_verified_encodings"  # encoding keys whose references read back equal
 SIDECARS = "dmrpp_looks"  # what looking for <url>.dmrpp found so far (refstore.sidecars)
