@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,7 @@ from refstore.mirror import KEY, Mirror, load
 from refstore.repo_ref import state_token
 from refstore.sync import RECONCILED
 from tests.conftest import cli_env, run_cli
+from tests.remote_env import aws_env, bucket_name
 
 HEAVY = ("xarray", "zarr", "icechunk", "virtualizarr")
 SMALL = {"nlat": 8, "nlon": 16}
@@ -183,3 +185,27 @@ def test_tag_and_gc_keep_the_mirror_current(store: Callable[..., Path]) -> None:
     entries, heavy = _log(folder)
     assert heavy == []  # gc refreshed the mirror
     assert [e["tags"] for e in entries] == [["v3"], []]  # head, then the root
+
+
+def test_s3_token_is_one_head_request_and_changes_with_the_repository(
+    moto: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import icechunk
+
+    from refstore.storage import S3Options
+
+    aws_env(monkeypatch, moto)
+    bucket = bucket_name("mirror")
+    moto.make_bucket(bucket)
+    url = f"s3://{bucket}/store"
+    options = S3Options(region=moto.region, endpoint_url=moto.endpoint_url, allow_http=True)
+    assert state_token(url, options) is None  # no repository yet
+    repo = icechunk.Repository.create(moto.icechunk_storage(bucket, "store"))
+    before = len(moto.requests)
+    created = state_token(url, options)
+    assert created is not None and len(moto.requests) == before + 1
+    assert state_token(url, options) == created
+    repo.create_tag("t", snapshot_id=repo.lookup_branch("main"))
+    assert state_token(url, options) not in (None, created)
+    wrong = S3Options(region=moto.region, endpoint_url="http://127.0.0.1:9", allow_http=True)
+    assert state_token(url, wrong) is None  # unreachable: the caller asks Icechunk
