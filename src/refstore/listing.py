@@ -87,7 +87,7 @@ def list_granules(
     """
     from refstore.ledger import Ledger
 
-    ledger = Ledger(config.ledger)
+    ledger = Ledger(config.ledger, readonly=True)
     try:
         if at is not None:
             rows = _held_at(config, ledger, at)
