@@ -111,6 +111,7 @@ def cli_latencies(toml: Path, baseline_src: Path | None = None) -> dict[str, Any
             else _median(args, cwd)
             for name, args in cmds.items()
         }
+    _wall([exe, "-c", str(toml), "status"], cwd)  # saves the mirror the last runs dropped
     out["load average (1, 5, 15 min)"] = {"before": load_before, "after": os.getloadavg()}
     floor = out["python -c pass"]["median_s"]
     for row in out.values():
