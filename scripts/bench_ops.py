@@ -1,8 +1,10 @@
 """Operations benchmarks (issue 11), run by ``scripts/bench.py --only cli|gc``.
 
 CLI  whole-process latency of ``refstore --help``, ``status``, ``log``, ``ls`` and a
-     no-op ``sync`` on a store of N granules (median of 5), beside ``python -c pass``
-     and ``python -c "import <heavy>"`` baselines.
+     no-op ``sync`` on a store of N granules (median of 7), beside ``python -c pass``
+     and ``python -c "import <heavy>"`` baselines; ``status`` and ``log`` also with the
+     ledger's repository mirror removed before each run (the fallback: Icechunk answers
+     and the mirror is saved again), and the load average before and after.
 GC   a store of S one-granule snapshots where every 10th sync places a late granule in
      the tail (a rewrite), a tag every 100: repository objects/bytes before and after
      ``refstore gc --keep-last 30 --keep-days 0``, what ``--dry-run`` predicted, gc's
@@ -22,10 +24,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-RUNS = 5
+RUNS = 7
+STALE = "<stale mirror>"  # a marker in a command: drop the mirror before each run
+
+
+def _drop_mirror(toml: Path) -> None:
+    """Forget the ledger's mirror of the repository (refstore.mirror), as after another
+    writer's commit: the next command must ask Icechunk."""
+    import sqlite3
+
+    from refstore.config import load_config
+    from refstore.mirror import KEY
+
+    conn = sqlite3.connect(load_config(toml, environ={}).ledger)
+    with conn:
+        conn.execute("delete from meta where key = ?", [KEY])
+    conn.close()
 
 
 def _wall(args: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> float:
+    if STALE in args:
+        _drop_mirror(cwd / "refstore.toml")
+        args = [a for a in args if a != STALE]
     t = time.perf_counter()
     subprocess.run(args, cwd=cwd, env=env, check=True, capture_output=True)
     return time.perf_counter() - t
@@ -77,7 +97,10 @@ def cli_latencies(toml: Path, baseline_src: Path | None = None) -> dict[str, Any
         "refstore log -n 20": [exe, "-c", str(toml), "log", "-n", "20"],
         "refstore ls": [exe, "-c", str(toml), "ls"],
         "refstore sync (no-op)": [exe, "-c", str(toml), "sync", "--executor", "serial"],
+        "refstore status (stale mirror)": [exe, "-c", str(toml), "status", STALE],
+        "refstore log -n 20 (stale mirror)": [exe, "-c", str(toml), "log", "-n", "20", STALE],
     }
+    load_before = os.getloadavg()
     if baseline_src is None:
         out = {name: _median(args, cwd) for name, args in cmds.items()}
     else:
@@ -88,8 +111,12 @@ def cli_latencies(toml: Path, baseline_src: Path | None = None) -> dict[str, Any
             else _median(args, cwd)
             for name, args in cmds.items()
         }
+    _wall([exe, "-c", str(toml), "status"], cwd)  # saves the mirror the last runs dropped
+    out["load average (1, 5, 15 min)"] = {"before": load_before, "after": os.getloadavg()}
     floor = out["python -c pass"]["median_s"]
     for row in out.values():
+        if "median_s" not in row:
+            continue
         row["vs_python_pass"] = round(row["median_s"] / floor, 1) if floor else None
     return out
 

@@ -59,7 +59,7 @@ def test_ls_values_as_text_equal_the_numpy_conversion() -> None:
     import numpy as np
 
     from refstore.admit import placed_value, to_json_value
-    from refstore.listing import _value
+    from refstore.listing import value_text
     from refstore.virtualize import format_value
 
     values = [
@@ -73,8 +73,8 @@ def test_ls_values_as_text_equal_the_numpy_conversion() -> None:
     ]
     for v in values:
         text = json.dumps(to_json_value(v))
-        assert _value(text) == format_value(placed_value(text)), text
-    assert _value(None) is None and _value("") is None
+        assert value_text(text) == format_value(placed_value(text)), text
+    assert value_text(None) is None and value_text("") is None
 
 
 def test_status_gaps_from_placements_as_planted() -> None:

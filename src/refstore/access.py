@@ -8,7 +8,7 @@ for those hosts only. Other sources name their one container in their own settin
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from refstore.config import Config
 from refstore.hosts import HostPolicy, host_of
@@ -16,6 +16,9 @@ from refstore.sources import Source, source_for
 from refstore.sources.base import HostScoped
 from refstore.storage import store_options
 from refstore.store import Store
+
+if TYPE_CHECKING:
+    from refstore.mirror import Mirror
 
 __all__ = ["bind", "describe_hosts", "open_bound", "scopes_hosts"]
 
@@ -25,15 +28,23 @@ def scopes_hosts(source: Any) -> bool:
     return isinstance(source, HostScoped)
 
 
-def bind(config: Config, source: Source, policy: HostPolicy) -> Store:
-    """The store of ``config``, reading through ``source`` bound to ``policy``."""
+def bind(
+    config: Config, source: Source, policy: HostPolicy, *, known: Mirror | None = None
+) -> Store:
+    """The store of ``config``, reading through ``source`` bound to ``policy``
+    (answering from the current mirror ``known``, see :class:`Store`)."""
     if isinstance(source, HostScoped):
         source = source.with_hosts(policy.hosts)
-    return Store(config.repo, source.containers(), source, options=store_options(config))
+    return Store(
+        config.repo, source.containers(), source, options=store_options(config), known=known
+    )
 
 
-def open_bound(config: Config, source: Source | None = None) -> tuple[Store, HostPolicy]:
-    """The store with its source bound to the hosts recorded and configured.
+def open_bound(
+    config: Config, source: Source | None = None, *, known: Mirror | None = None
+) -> tuple[Store, HostPolicy]:
+    """The store with its source bound to the hosts recorded and configured (read from
+    the current mirror ``known`` when given, without Icechunk).
 
     Raises
     ------
@@ -41,9 +52,9 @@ def open_bound(config: Config, source: Source | None = None) -> tuple[Store, Hos
         Bad source settings.
     """
     source = source or source_for(config)
-    probe = Store(config.repo, options=store_options(config))
+    probe = Store(config.repo, options=store_options(config), known=known)
     policy = HostPolicy.of(probe.recorded_prefixes(), config.allowed_hosts)
-    return bind(config, source, policy), policy
+    return bind(config, source, policy, known=known), policy
 
 
 def describe_hosts(store: Store, policy: HostPolicy) -> list[dict[str, Any]]:

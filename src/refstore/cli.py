@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from refstore.clilog import configure, emit_error, import_sqlite_utils_lightly
+from refstore.clilog import configure, emit_error
 from refstore.errors import ConfigError, RefstoreError
 
 CONFIG_OPTION = click.option(
@@ -69,7 +69,6 @@ def cli(ctx: click.Context, verbose: bool, log_json: bool, group_config: str | N
     ctx.obj["config"] = group_config
     ctx.obj["log_json"] = log_json
     configure(verbose=verbose, log_json=log_json)
-    import_sqlite_utils_lightly()
 
 
 def _event(message: str, level: int = logging.WARNING, **fields: Any) -> None:
@@ -287,6 +286,8 @@ def status(config_path: str | None, as_json: bool) -> None:
         return
     click.echo(f"store     {info['repo']}")
     click.echo(f"head      {info['head'] or '(empty)'}")
+    if info["ledger_behind"]:
+        click.echo(f"note      {_BEHIND}")
     hosts = ", ".join(f"{h['host']} ({h['from']})" for h in info["hosts"])
     click.echo(f"hosts     {hosts or '(none yet: decided by the first sync)'}")
     click.echo(f"coverage  {info['start']} .. {info['end']}  ({info['length']} steps)")
@@ -314,10 +315,10 @@ def status(config_path: str | None, as_json: bool) -> None:
 @JSON_OPTION
 def log_cmd(config_path: str | None, limit: int | None, as_json: bool) -> None:
     """The store's snapshots, newest first, with their tags and granules."""
-    from refstore.api import open_history
+    from refstore.mirror import known_store
 
     _quiet_icechunk()
-    entries = open_history(_load(config_path)).log(limit)
+    entries = known_store(_load(config_path)).log(limit)
     if as_json:
         _echo_json(
             [
@@ -458,6 +459,12 @@ def retry(config_path: str | None, keys: tuple[str, ...], wait: float) -> None:
         ctx.invoke(sync, config_path=config_path, wait=wait)
 
 
+_BEHIND = (
+    "the ledger is behind the repository: another writer committed since the last "
+    "sync here (`refstore sync` reconciles it)"
+)
+
+
 @cli.command(name="ls")
 @CONFIG_OPTION
 @click.option("--state", help="Only this state: committed, quarantined, new, virtualized, missing.")
@@ -470,7 +477,13 @@ def ls_cmd(
     """One row per granule: key, state, time range, position, revision, snapshot, reason."""
     from refstore.listing import dumps, list_granules, render
 
-    rows = list_granules(_load(config_path), state=state, since=since, at=at)
+    cfg = _load(config_path)
+    rows = list_granules(cfg, state=state, since=since, at=at)
+    if at is None:
+        from refstore.mirror import ledger_behind
+
+        if ledger_behind(cfg):
+            _event(f"refstore: note: {_BEHIND}")
     if as_json:
         click.echo(dumps(rows))
         return

@@ -12,7 +12,7 @@ from typing import Any
 
 from refstore.config import Config
 
-__all__ = ["GranuleRow", "list_granules"]
+__all__ = ["GranuleRow", "list_granules", "value_text"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +37,7 @@ class GranuleRow:
 _DATETIME_NS = re.compile(r'\{"datetime64": "(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?"\}')
 
 
-def _value(text: str | None) -> str | None:
+def value_text(text: str | None) -> str | None:
     """A placement's JSON concat value as ISO text (or the number).
 
     Datetimes, as :func:`refstore.admit.to_json_value` writes them, are cut to seconds
@@ -87,7 +87,7 @@ def list_granules(
     """
     from refstore.ledger import Ledger
 
-    ledger = Ledger(config.ledger)
+    ledger = Ledger(config.ledger, readonly=True)
     try:
         if at is not None:
             rows = _held_at(config, ledger, at)
@@ -111,8 +111,8 @@ def _from_ledger(ledger: Any) -> list[GranuleRow]:
             GranuleRow(
                 key=r.key,
                 state=state,
-                start=_value(p.first) if p and p.first else r.start,
-                end=_value(p.last) if p and p.last else r.end,
+                start=value_text(p.first) if p and p.first else r.start,
+                end=value_text(p.last) if p and p.last else r.end,
                 offset=p.offset if p else None,
                 length=p.length if p else None,
                 revision=r.revision,
@@ -139,8 +139,8 @@ def _held_at(config: Config, ledger: Any, at: str) -> list[GranuleRow]:
         GranuleRow(
             key=p.key,
             state="committed",
-            start=_value(p.first),
-            end=_value(p.last),
+            start=value_text(p.first),
+            end=value_text(p.last),
             offset=p.offset,
             length=p.length,
             revision=p.revision,

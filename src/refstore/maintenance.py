@@ -197,6 +197,7 @@ def gc(config: Config, policy: Policy, *, dry_run: bool = False, wait: float = 0
     from refstore.api import open_store
     from refstore.ledger import Ledger
     from refstore.lock import store_lock
+    from refstore.mirror import refresh as refresh_mirror
 
     started = time.perf_counter()
     report = GcReport(dry_run=dry_run)
@@ -249,6 +250,7 @@ def gc(config: Config, policy: Policy, *, dry_run: bool = False, wait: float = 0
             report.objects_after, report.bytes_after = _disk_usage(store.url)
             if not dry_run:
                 history = _history(store)
+                refresh_mirror(config, ledger)  # expiry rewrote the repository's history
             remaining = [e for e in history if e not in expiring and not e.is_root]
             report.oldest_available = remaining[-1].snapshot if remaining else None
         finally:

@@ -7,18 +7,19 @@ on a read-only store or state folder.
 
 from __future__ import annotations
 
+import json
 import re
+import statistics
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from refstore.access import describe_hosts, open_bound
-from refstore.admit import from_json_value, order_key, placed_value
 from refstore.config import Config
 from refstore.ledger import Ledger
+from refstore.listing import value_text
+from refstore.mirror import known_store, ledger_behind
 from refstore.models import LedgerRow, Placement, Status
-from refstore.storage import store_options
-from refstore.store import Store
-from refstore.virtualize import format_value
 
 __all__ = ["coverage_gaps", "find_gaps", "gather_status", "unavailable"]
 
@@ -29,6 +30,8 @@ def find_gaps(values: Any) -> list[tuple[str | None, str | None]]:
     Returns (last value before, first value after) for each hole.
     """
     import numpy as np
+
+    from refstore.virtualize import format_value
 
     arr = np.asarray(values)
     if arr.size < 3:
@@ -46,15 +49,28 @@ def find_gaps(values: Any) -> list[tuple[str | None, str | None]]:
 _DATETIME_NS = re.compile(r'\{"datetime64": "([0-9T:.-]+)"\}')
 
 
-def _order_keys(texts: Sequence[str]) -> list[Any]:
-    """Placement JSON texts as comparable numbers (datetimes: int ns), parsed at once
-    when they are all datetimes (10,000 granules: one numpy call, not 10,000)."""
-    import numpy as np
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECOND = timedelta(seconds=1)
 
+
+def _ns(iso: str) -> int:
+    """ISO text with up to nanoseconds as int nanoseconds since the epoch (UTC)."""
+    base, _, frac = iso.partition(".")
+    whole = (datetime.fromisoformat(base).replace(tzinfo=UTC) - _EPOCH) // _SECOND
+    return whole * 10**9 + int((frac + "000000000")[:9])
+
+
+def _order_keys(texts: Sequence[str]) -> list[Any]:
+    """Placement JSON texts as comparable numbers (datetimes: int ns), parsed without
+    numpy when they are all datetimes (its import costs more than 20,000 parses)."""
     found = [_DATETIME_NS.fullmatch(t) for t in texts]
     if all(found):
-        iso = np.array([m[1] for m in found if m], dtype="datetime64[ns]")
-        return [int(x) for x in iso.astype(np.int64)]
+        try:
+            return [_ns(m[1]) for m in found if m]
+        except ValueError:
+            pass  # a year datetime cannot hold (numpy can): the general path
+    from refstore.admit import order_key, placed_value
+
     return [order_key(placed_value(t)) for t in texts]
 
 
@@ -64,8 +80,6 @@ def coverage_gaps(placements: Sequence[Placement]) -> list[dict[str, str | None]
     The usual step is the median step inside granules (between granules when every
     granule holds one step); a jump longer than 1.5x that between two neighbours is a gap.
     """
-    import numpy as np
-
     spans = [(p.first, p.last, p.length) for p in placements if p.first and p.last]
     if len(spans) < 2:
         return []
@@ -74,13 +88,13 @@ def coverage_gaps(placements: Sequence[Placement]) -> list[dict[str, str | None]
     keys = [(a, b, n) for a, b, (_, _, n) in zip(firsts, lasts, spans, strict=True)]
     inner = [(b - a) / (n - 1) for a, b, n in keys if n > 1]
     between = [keys[i + 1][0] - keys[i][1] for i in range(len(keys) - 1)]
-    usual = float(np.median(inner)) if inner else float(np.median(between))
+    usual = float(statistics.median(inner)) if inner else float(statistics.median(between))
     if usual <= 0:
         return []
     return [
         {
-            "after": format_value(placed_value(spans[i][1])),
-            "before": format_value(placed_value(spans[i + 1][0])),
+            "after": value_text(spans[i][1]),
+            "before": value_text(spans[i + 1][0]),
         }
         for i, step in enumerate(between)
         if step > 1.5 * usual
@@ -121,19 +135,20 @@ def gather_status(config: Config) -> dict[str, Any]:
     """A JSON-ready summary of the store and its ledger (reads no chunk)."""
     ledger = Ledger(config.ledger, readonly=True)
     try:
-        # History only: no container is authorized, no chunk read, no login needed.
-        store = Store(config.repo, options=store_options(config))
-        bound, policy = open_bound(config)
+        # History only: no container is authorized, no chunk read, no login needed; from
+        # the ledger's mirror of the repository while it is current (refstore.mirror).
+        store = known_store(config)
+        bound, policy = open_bound(config, known=store.known)
         head = store.head() if store.exists() else None
-        rows = ledger.rows()
         return {
             "repo": config.repo,
             "ledger": config.ledger,
             "export": config.export,
             "head": head.snapshot if head else None,
+            "ledger_behind": ledger_behind(config, store),
             "hosts": describe_hosts(bound, policy),
-            "start": format_value(from_json_value(head.first)) if head else None,
-            "end": format_value(from_json_value(head.last)) if head else None,
+            "start": value_text(json.dumps(head.first)) if head else None,
+            "end": value_text(json.dumps(head.last)) if head else None,
             "length": head.length if head else 0,
             "counts": ledger.counts(),
             "quarantined": [
@@ -141,7 +156,7 @@ def gather_status(config: Config) -> dict[str, Any]:
                 for r in ledger.iter_rows(Status.QUARANTINED)
             ],
             "missing": [{"key": k, "since": since} for k, since in ledger.missing()],
-            "unavailable": unavailable(rows.values()),
+            "unavailable": unavailable(ledger.moved_on()),
             "gaps": coverage_gaps(ledger.placements()) if head else [],
             "runs": ledger.runs(),
         }

@@ -30,6 +30,7 @@ from refstore.storage import S3Options
 
 if TYPE_CHECKING:
     from refstore.coords import CoordEncoding
+    from refstore.mirror import Mirror
 
 __all__ = ["Store", "parse_when"]
 
@@ -81,6 +82,10 @@ class Store:
         The granule source, asked for container credentials when opening.
     options
         S3 options of the repository's bucket (``[store] region``, ``endpoint_url``...).
+    known
+        A current :class:`~refstore.mirror.Mirror` of the repository: ``exists``,
+        ``head_snapshot``, ``head``, ``log`` and ``recorded_prefixes`` answer from it
+        (no Icechunk import) until the repository is opened for anything else.
     """
 
     def __init__(
@@ -90,12 +95,20 @@ class Store:
         source: Any = None,
         *,
         options: S3Options | None = None,
+        known: Mirror | None = None,
     ) -> None:
         self.url = url
         self.containers = containers
         self.source = source  # may grant container credentials (never stored)
         self.options = options
         self._repo: Any = None
+        self._known = known
+
+    @property
+    def known(self) -> Mirror | None:
+        """The mirror this store answers from, while Icechunk has not been asked: once
+        the repository is opened (to write, or after a lost commit race), Icechunk answers."""
+        return self._known if self._repo is None else None
 
     # -- opening --------------------------------------------------------------------
     def _storage(self) -> Any:
@@ -118,10 +131,9 @@ class Store:
 
     def exists(self) -> bool:
         """Whether a repository is already there."""
-        import icechunk
-
-        if self._repo is not None:  # opened (or created) already: no request
+        if self._repo is not None or self.known is not None:  # no request
             return True
+        import icechunk
 
         return bool(icechunk.Repository.exists(self._storage()))
 
@@ -144,6 +156,8 @@ class Store:
     def recorded_prefixes(self) -> tuple[str, ...]:
         """URL prefixes of the virtual chunk containers saved in the repository (none
         without a repository). Reads the saved config only; grants nothing."""
+        if self.known is not None:
+            return self.known.prefixes
         import icechunk
 
         storage = self._storage()
@@ -180,6 +194,7 @@ class Store:
         except icechunk.IcechunkError as e:
             raise StoreError(f"Cannot record containers in {self.url}: {e}") from e
         self._repo = None  # reopened with the new containers on next use
+        self._known = None  # the mirror predates them
 
     @property
     def repo(self) -> Any:
@@ -264,6 +279,8 @@ class Store:
     # -- history ----------------------------------------------------------------------
     def head_snapshot(self) -> str:
         """Snapshot id at the tip of ``main``."""
+        if self.known is not None:
+            return self.known.tip
         return str(self.repo.lookup_branch(BRANCH))
 
     def _ancestry(self, snapshot: str | None = None) -> Iterator[Any]:
@@ -288,6 +305,8 @@ class Store:
 
     def log(self, limit: int | None = None) -> list[tuple[CommitInfo, list[str]]]:
         """Every snapshot on ``main`` (newest first) with the tags that point at it."""
+        if self.known is not None:
+            return self.known.entries(limit)
         tags: dict[str, list[str]] = {}
         for tag in sorted(self.repo.list_tags()):
             tags.setdefault(str(self.repo.lookup_tag(tag)), []).append(tag)
@@ -304,6 +323,8 @@ class Store:
     def head(self, at: str | None = None) -> Head | None:
         """The newest refstore commit's view of the store (on ``main``, or in the
         ancestry of snapshot ``at``), or None for an empty store."""
+        if self.known is not None and at in (None, self.known.tip):
+            return self.known.head
         for info in self._ancestry(at):
             meta = (info.metadata or {}).get(METADATA_KEY)
             if meta:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from refstore import batch as batching
+from refstore import mirror
 from refstore.access import bind, open_bound, scopes_hosts
 from refstore.admit import (
     Admission,
@@ -53,7 +54,7 @@ log = logging.getLogger("refstore")
 
 type ProgressFactory = Callable[[int, str], Callable[[Result], None]]
 
-RECONCILED = "reconciled_snapshot"
+RECONCILED = mirror.RECONCILED
 EXPORTED = "exported_snapshot"
 VERIFIED = "readback_verified_encodings"  # encoding keys whose references read back equal
 SIDECARS = "dmrpp_looks"  # what looking for <url>.dmrpp found so far (refstore.sidecars)
@@ -639,7 +640,7 @@ def _keep_to_hosts(
         return store, list(todo), []
     settled = policy.settle(g.url for g in todo)
     if settled is not policy:
-        store = bind(config, store.source, settled)
+        store = bind(config, store.source, settled, known=store.known)
     allowed, refused = settled.split(todo)
     new = settled.unrecorded()
     if new and store.exists():
@@ -718,7 +719,9 @@ def sync(
     with store_lock(config.ledger, wait=wait):
         ledger = Ledger(config.ledger)
         run_id = ledger.start_run()
-        store, policy = open_bound(config, source)
+        # A current mirror answers the head and containers without Icechunk (a no-op sync).
+        known = mirror.load(config, ledger.get_meta(mirror.KEY))
+        store, policy = open_bound(config, source, known=known)
         try:
             t0 = time.perf_counter()
             healed = reconcile(store, ledger)
@@ -789,6 +792,7 @@ def sync(
                 except TagExistsError as e:  # the data landed; only the name is refused
                     tag_refused = e.message
                     run.warnings.append(e.message)
+            mirror.refresh(config, ledger, known)  # after every commit and tag of the run
             bad = [f for f in run.failures if not f.waiting]
             problem = common_failure(bad, len(plan.todo)) if not run.added else None
             if problem is not None:
