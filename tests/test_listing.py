@@ -16,7 +16,7 @@ def test_ls_rows_filters_and_at(make_config, arrive, ccmp_archive, tmp_path: Pat
     arrive(files[0], files[2])
     first = refstore.sync(config, tag="one").snapshots[0]
     arrive(files[1])  # late: lands in place, the tail is rewritten
-    (Path(config.source_url) / "CCMP_broken.nc").write_bytes(b"not a netcdf file")
+    (Path(config.source_url) / "0_broken.nc").write_bytes(b"not a netcdf file")
     refstore.sync(config)
 
     rows = json.loads(run_cli("ls", "--json", cwd=tmp_path).stdout)
@@ -27,7 +27,7 @@ def test_ls_rows_filters_and_at(make_config, arrive, ccmp_archive, tmp_path: Pat
     assert committed[1]["end"] == "2024-01-02T18:00:00"
     assert committed[0]["snapshot"] == first and committed[1]["snapshot"] != first
     (bad,) = list_granules(config, state="quarantined")
-    assert bad.key == "CCMP_broken.nc" and bad.reason and bad.offset is None
+    assert bad.key == "0_broken.nc" and bad.reason and bad.offset is None
 
     assert [r.key for r in list_granules(config, since="2024-01-02T12:00")] == [
         files[1].name,
@@ -36,7 +36,16 @@ def test_ls_rows_filters_and_at(make_config, arrive, ccmp_archive, tmp_path: Pat
     held = list_granules(config, at="one")
     assert [(r.key, r.offset) for r in held] == [(files[0].name, 0), (files[2].name, 4)]
     text = run_cli("ls", "--state", "quarantined", cwd=tmp_path).stdout.splitlines()
-    assert text[0].split()[:3] == ["key", "state", "start"] and "CCMP_broken.nc" in text[1]
+    assert text[0].split()[:3] == ["key", "state", "start"] and "0_broken.nc" in text[1]
+
+    # Concat order, not key order: placed granules by offset, then the unplaced (whose
+    # key sorts first here); a placed granule gone from the source shows as missing.
+    Path(config.source_url, files[0].name).unlink()
+    refstore.sync(config)
+    rows = json.loads(run_cli("ls", "--json", cwd=tmp_path).stdout)
+    assert [r["key"] for r in rows] == [f.name for f in files] + ["0_broken.nc"]
+    assert rows[0]["state"] == "missing" and rows[0]["offset"] == 0
+    assert rows[0]["reason"].startswith("gone from the source since 20")
 
 
 def test_ls_of_an_empty_ledger(make_config, tmp_path: Path) -> None:

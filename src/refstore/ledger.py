@@ -285,6 +285,18 @@ class Ledger:
         for values in cursor:
             yield _row(dict(zip(names, values, strict=True)))
 
+    def listing(self) -> list[tuple[Any, ...]]:
+        """What ``refstore ls`` shows of every granule, in concat order (placed granules
+        by offset, then the rest, each by key), as plain tuples: ``(key, status, start,
+        end, offset, length, revision, snapshot, reason, missing_since, first_value,
+        last_value)``. One narrow query and no row objects: ``ls`` reads every granule."""
+        sql = (
+            "select key, status, start, end, offset, length, revision, snapshot, reason,"
+            " missing_since, first_value, last_value from granules"
+            " order by offset is null, offset, key"
+        )
+        return self.conn.execute(sql).fetchall()
+
     def moved_on(self) -> list[LedgerRow]:
         """Granules in the store whose source changed or vanished after the commit (what
         ``status`` reports as unavailable), without reading every row."""

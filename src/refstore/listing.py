@@ -99,28 +99,38 @@ def list_granules(
 
 
 def _from_ledger(ledger: Any) -> list[GranuleRow]:
-    placed = {p.key: p for p in ledger.placements()}
-    missing = dict(ledger.missing())
     rows = []
-    for r in ledger.iter_rows():
-        p = placed.get(r.key)
-        state, reason = str(r.status), r.reason
-        if r.key in missing:
-            state, reason = "missing", f"gone from the source since {missing[r.key][:19]}"
+    for (
+        key,
+        status,
+        start,
+        end,
+        offset,
+        length,
+        rev,
+        snap,
+        reason,
+        gone,
+        first,
+        last,
+    ) in ledger.listing():
+        placed = offset is not None
+        if gone is not None:
+            status, reason = "missing", f"gone from the source since {gone[:19]}"
         rows.append(
             GranuleRow(
-                key=r.key,
-                state=state,
-                start=value_text(p.first) if p and p.first else r.start,
-                end=value_text(p.last) if p and p.last else r.end,
-                offset=p.offset if p else None,
-                length=p.length if p else None,
-                revision=r.revision,
-                snapshot=r.snapshot,
+                key=key,
+                state=status,
+                start=value_text(first) if placed and first else start,
+                end=value_text(last) if placed and last else end,
+                offset=offset,
+                length=length if placed else None,
+                revision=rev,
+                snapshot=snap,
                 reason=reason,
             )
         )
-    return sorted(rows, key=lambda r: (r.offset is None, r.offset or 0, r.key))
+    return rows
 
 
 def _held_at(config: Config, ledger: Any, at: str) -> list[GranuleRow]:
