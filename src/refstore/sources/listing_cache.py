@@ -45,6 +45,21 @@ class ListingCache:
         mtime_ns = int(known[1].rsplit("-", 1)[-1])
         return known[1] if now - mtime_ns / 1e9 > rescan_hours * 3600 else None
 
+    def trusted(
+        self, listed: dict[str, int], now: float, rescan_hours: float
+    ) -> dict[str, tuple[int, str]]:
+        """The entries of ``listed`` (``key -> inode``) whose recorded revision holds
+        without a ``stat``: the rule of :meth:`revision`, for a whole folder at once."""
+        cutoff_ns = (now - rescan_hours * 3600) * 1e9
+        files = self.files
+        return {
+            key: known
+            for key, inode in listed.items()
+            if (known := files.get(key)) is not None
+            and known[0] == inode
+            and int(known[1].rsplit("-", 1)[-1]) < cutoff_ns
+        }
+
     def to_json(self) -> str:
         return json.dumps({"full_at": self.full_at, "files": self.files}, separators=(",", ":"))
 
