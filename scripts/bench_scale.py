@@ -104,6 +104,7 @@ def checkpoint(config: Any, source: Path, spare: list[Path]) -> dict[str, Any]:
             timed(lambda: open_export(config.export))[0] for _ in range(REPEAT)
         ),
         "peak_rss_mib": peak_rss_mib(),
+        "load": os.getloadavg()[0],
         **repo_bytes(config),
     }
 
@@ -128,6 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--target", type=int, default=500_000)
     parser.add_argument("--out", type=Path, default=ROOT / "state" / "bench")
     parser.add_argument("--work", type=Path, help="Scratch folder (default <out>/scale).")
+    parser.add_argument("--executor", default="auto", help="Backfill executor ([sync]).")
+    parser.add_argument("--workers", type=int, help="Workers of a pool or local dask cluster.")
+    parser.add_argument("--name", default="scale", help="JSON is <out>/latest-<name>.json.")
     args = parser.parse_args(argv)
     import icechunk
 
@@ -151,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ledger": str(state / "ledger.db"),
             "export": str(state / "export" / "refs.parquet"),
             "batch_size": args.batch,
+            "executor": args.executor,
+            **({"workers": args.workers} if args.workers else {}),
         },
         environ={},
     )
@@ -172,9 +178,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "commit_s": result.timings.get("commit", 0.0),
                     "granules_per_s": len(chunk) / seconds,
                     "peak_rss_mib": peak_rss_mib(),
+                    "load": os.getloadavg()[0],
                 }
             )
-            log(f"{held} granules: batch of {len(chunk)} in {seconds:.1f} s")
+            log(
+                f"{held} granules: batch of {len(chunk)} in {seconds:.1f} s "
+                f"(commit {commits[-1]['commit_s']:.2f} s, RSS {commits[-1]['peak_rss_mib']:.0f}"
+                f" MiB, load {os.getloadavg()[0]:.1f})"
+            )
         log(f"checkpoint at {held}")
         points[held] = checkpoint(config, source, queue)
         held += REPEAT
@@ -196,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "target": args.target,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "latest-scale.json").write_text(json.dumps(report, indent=2, default=str))
+    (args.out / f"latest-{args.name}.json").write_text(json.dumps(report, indent=2, default=str))
     for n, p in points.items():
         print(
             f"{n:>7}: +1 {p['add_one_s']:.3f} s (commit {p['add_one_commit_s']:.3f}), no-op "

@@ -111,3 +111,13 @@ def test_symlinked_granules_are_stat_ed_and_point_at_their_target(tmp_path: Path
     (again,) = list(source.discover(cache=cache))
     assert again.url == b.resolve().as_uri() and again.revision.startswith("5-")
     assert cache.stats == 1
+
+
+def test_the_listing_is_stored_as_columns_and_the_older_pairs_still_read() -> None:
+    cache = ListingCache({"a.nc": (7, "3-100"), "b.nc": (8, "5-200")}, full_at=12.5)
+    text = cache.to_json()
+    assert '"files"' not in text and ListingCache.from_json(text) == cache
+    older = '{"full_at":12.5,"files":{"a.nc":[7,"3-100"],"b.nc":[8,"5-200"]}}'
+    assert ListingCache.from_json(older) == cache  # an upgrade keeps trusting the listing
+    torn = '{"full_at":1,"keys":["a.nc","b.nc"],"inodes":[7],"revisions":["3-100"]}'
+    assert ListingCache.from_json(torn) == ListingCache()  # unreadable: a full listing

@@ -308,6 +308,30 @@ class Ledger:
         names = [d[0] for d in cursor.description]
         return [_row(dict(zip(names, values, strict=True))) for values in cursor]
 
+    def rows_for(self, keys: Iterable[str]) -> dict[str, LedgerRow]:
+        """The rows of ``keys`` the ledger knows (by primary key: cost ∝ ``keys``)."""
+        wanted = sorted(set(keys))
+        found: dict[str, LedgerRow] = {}
+        for i in range(0, len(wanted), _IN_LIMIT):
+            part = wanted[i : i + _IN_LIMIT]
+            where = f"key in ({', '.join('?' * len(part))})"
+            found |= {r["key"]: _row(r) for r in self.db.table("granules").rows_where(where, part)}
+        return found
+
+    def unsettled(self, fingerprint: str | None, waiting: str) -> dict[str, LedgerRow]:
+        """The rows a sync must look at even if their source is unchanged: not settled
+        (new, virtualized, revised), quarantined as ``waiting`` or under settings other
+        than ``fingerprint``, or recorded missing from the source. At steady state these
+        are few, whatever the size of the ledger (the status column is indexed)."""
+        pending = ", ".join(f"'{s}'" for s in (Status.NEW, Status.VIRTUALIZED, Status.REVISED))
+        sql = (
+            f"status in ({pending}) or (status = '{Status.QUARANTINED}' and fingerprint"
+            " is not null and (fingerprint = ? or (? is not null and fingerprint != ?)))"
+            " or missing_since is not null"
+        )
+        args = [waiting, fingerprint, fingerprint]
+        return {r["key"]: _row(r) for r in self.db.table("granules").rows_where(sql, args)}
+
     def counts(self) -> dict[str, int]:
         """Number of granules per status."""
         sql = "select status, count(*) from granules group by status"
@@ -727,6 +751,9 @@ class Ledger:
                 "at": _now(),
             }
         )
+
+
+_IN_LIMIT = 500  # keys per "key in (...)" query, well under SQLite's variable limit
 
 
 def _row(r: dict[str, Any]) -> LedgerRow:

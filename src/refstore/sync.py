@@ -41,7 +41,7 @@ from refstore.faults import checkpoint
 from refstore.hosts import HostPolicy, host_of
 from refstore.ledger import Ledger
 from refstore.lock import store_lock
-from refstore.models import Failure, Granule, Placement, SyncResult
+from refstore.models import Failure, Granule, LedgerRow, Placement, SyncPlan, SyncResult
 from refstore.plan import WAITING, batches, common_failure, dataset_fingerprint, plan_sync
 from refstore.sources import Source, source_for
 from refstore.storage import export_registry, store_options
@@ -672,18 +672,51 @@ def _readable_names(todo: Sequence[Granule]) -> tuple[list[Granule], list[Failur
     return keep, refused
 
 
-def _discover_cached(source: Source, ledger: Ledger) -> list[Granule]:
-    """A listing that stats only what changed since the last one (the cache lives in
-    the ledger; see :mod:`refstore.sources.listing_cache`)."""
+def _plan_listing(
+    source: Source, ledger: Ledger, fingerprint: str, *, trust_cache: bool
+) -> tuple[int, dict[str, LedgerRow], SyncPlan, Callable[[], None]]:
+    """Plan from a listing that remembers what it saw (a local folder; the cache lives
+    in the ledger, see :mod:`refstore.sources.listing_cache`).
+
+    With a cache the ledger agrees with (``trust_cache``: saved by an earlier run after
+    it recorded what it listed, and no other writer's commits healed in since), only
+    what changed is planned: the files the listing did not see before (new, replaced,
+    changed), the rows of names gone since, and the ledger's unsettled rows (pending,
+    quarantined as waiting or under other settings, missing). Every other file is a
+    committed or settled quarantined row at the revision listed, which the plan would
+    leave alone: the cost is the changes, not the folder. Otherwise every row is read.
+
+    Returns the number of files listed, the rows the plan read, the plan, and the
+    function that saves the listing (call it once the ledger recorded the plan's todo:
+    a cache saved earlier could hide a revision from the next run).
+    """
     from refstore.sources.listing_cache import ListingCache
 
-    key = f"listing:{source.url}"
-    cache = ListingCache.from_json(ledger.get_meta(key))
-    before = (dict(cache.files), cache.full_at)
-    discovered = list(source.discover(cache=cache))  # type: ignore[call-arg]
-    if (cache.files, cache.full_at) != before:
-        ledger.set_meta(key, cache.to_json())
-    return discovered
+    meta = f"listing:{source.url}"
+    cache = ListingCache.from_json(ledger.get_meta(meta))
+    previous, full_at = cache.files, cache.full_at
+    delta = trust_cache and bool(previous)
+    changed = list(source.discover(cache=cache, changed_only=delta))  # type: ignore[call-arg]
+    seen = {g.key for g in changed}
+    present = cache.files.keys() | seen
+    if delta:
+        rows = ledger.unsettled(fingerprint, WAITING)
+        again = [
+            source.granule(k, cache.files[k][1])  # type: ignore[attr-defined]
+            for k in sorted(rows.keys() - seen)
+            if k in cache.files
+        ]
+        rows |= ledger.rows_for(seen | (previous.keys() - present))
+        listed = changed + again
+    else:
+        rows, listed = ledger.rows(), changed
+
+    def remember() -> None:
+        if (cache.files, cache.full_at) != (previous, full_at):
+            ledger.set_meta(meta, cache.to_json())
+
+    plan = plan_sync(listed, rows, complete=True, fingerprint=fingerprint)
+    return len(present), rows, plan, remember
 
 
 def sync(
@@ -730,14 +763,6 @@ def sync(
             # An incremental source (CMR) lists only what changed since its high-water
             # mark: nothing is "missing" then, and uncommitted rows are retried.
             incremental = getattr(source, "incremental", False)
-            if incremental:
-                since = ledger.high_water(source.url)
-                discovered = list(source.discover(since=since))
-            elif getattr(source, "caches_listing", False):
-                discovered = _discover_cached(source, ledger)
-            else:
-                discovered = list(source.discover())
-            rows = ledger.rows()
             fingerprint = dataset_fingerprint(
                 config.concat_dim,
                 config.group_key,
@@ -745,7 +770,20 @@ def sync(
                 config.drop_variables,
                 config.concat_from,
             )
-            plan = plan_sync(discovered, rows, complete=not incremental, fingerprint=fingerprint)
+            discovered: list[Granule] = []
+            remember: Callable[[], None] | None = None
+            if getattr(source, "caches_listing", False) and not incremental:
+                listed, rows, plan, remember = _plan_listing(
+                    source, ledger, fingerprint, trust_cache=not healed
+                )
+            else:
+                since = ledger.high_water(source.url) if incremental else None
+                listing = source.discover(since=since) if incremental else source.discover()
+                discovered = list(listing)
+                listed, rows = len(discovered), ledger.rows()
+                plan = plan_sync(
+                    discovered, rows, complete=not incremental, fingerprint=fingerprint
+                )
             if not incremental:
                 ledger.mark_missing(plan.missing, run_id)
             ledger.revert(plan.reverted, run_id)
@@ -761,6 +799,8 @@ def sync(
             replaced = {k: rows[k].placed_revision or rows[k].revision for k in plan.replacing}
             checkpoint("after-discovery")
             ledger.record_seen(plan.todo, run_id)
+            if remember is not None:
+                remember()
             store, todo, refused = _keep_to_hosts(config, store, policy, plan.todo)
             todo, unnamed = _readable_names(todo)
             refused += unnamed
@@ -806,7 +846,7 @@ def sync(
             ledger.finish_run(
                 run_id,
                 status="ok",
-                discovered=len(discovered),
+                discovered=listed,
                 added=len(run.added),
                 quarantined=len(run.failures),
                 snapshots=run.snapshots,
@@ -819,7 +859,7 @@ def sync(
             ledger.close()
     return SyncResult(
         run_id=run_id,
-        discovered=len(discovered),
+        discovered=listed,
         added=tuple(run.added),
         quarantined=tuple(run.failures),
         snapshots=tuple(run.snapshots),
