@@ -15,6 +15,7 @@ workers) die with the sync, even a SIGKILLed one, and never hold its stdout/stde
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, Self
@@ -23,6 +24,8 @@ from refstore.errors import ConfigError
 from refstore.models import Failure, Granule
 from refstore.orphans import start_pool_helpers, start_resource_tracker, use_pdeathsig, watch_parent
 from refstore.virtualize import DatasetSpec, VirtualGranule, virtualize_granule
+
+log = logging.getLogger("refstore")
 
 __all__ = [
     "Executor",
@@ -140,14 +143,49 @@ class PoolExecutor(_Base):
         pending = list(range(len(granules)))
         # A worker that dies (OOM, a crash in the HDF5 library) breaks the whole pool
         # and fails every granule in flight, most of them innocent: restart the pool
-        # once and resubmit them; only on a second break are they recorded as failures.
-        for attempt in range(2):
-            broken = self._round(granules, pending, spec, source, on_done, results, attempt)
-            if broken is None:
+        # once and resubmit them. A second break leaves suspects only; each is then read
+        # alone, so the one that kills its worker is failed and no innocent one is.
+        for _ in range(2):
+            pending = self._round(granules, pending, spec, source, on_done, results)
+            if not pending:
                 break
             self.close()  # a broken pool never recovers: the next round or batch starts anew
-            pending = broken
+        else:
+            self._isolate(granules, pending, spec, source, on_done, results)
         return [results[i] for i in range(len(granules))]
+
+    def _isolate(
+        self,
+        granules: Sequence[Granule],
+        indices: list[int],
+        spec: DatasetSpec,
+        source: Any,
+        on_done: OnDone,
+        results: dict[int, Result],
+    ) -> None:
+        """Read each of ``indices`` alone in a one-worker pool (restarted after a death)."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        log.warning(
+            "a worker process died twice; reading %d granule(s) one at a time to find "
+            "which one kills it",
+            len(indices),
+        )
+        single = PoolExecutor(1)
+        try:
+            for i in indices:
+                try:
+                    r = single._start().submit(virtualize_granule, granules[i], spec, source)
+                    r = r.result()
+                except BrokenProcessPool as e:
+                    single.close()
+                    r = _failure(granules[i], "worker process died reading it alone", e)
+                except Exception as e:  # an unpicklable result, a worker-side crash
+                    r = _failure(granules[i], "worker failed", e)
+                on_done(r)
+                results[i] = r
+        finally:
+            single.close()
 
     def _round(
         self,
@@ -157,46 +195,32 @@ class PoolExecutor(_Base):
         source: Any,
         on_done: OnDone,
         results: dict[int, Result],
-        attempt: int,
-    ) -> list[int] | None:
-        """One pass over ``indices``; returns those to resubmit if the pool broke."""
+    ) -> list[int]:
+        """One pass over ``indices``; returns those lost to a broken pool (none if it held)."""
         from concurrent.futures import as_completed
         from concurrent.futures.process import BrokenProcessPool
 
         pool = self._start()
         futures: dict[Any, int] = {}
         broken: list[int] = []
-        saw_break = False
-
-        def died(i: int, e: BaseException) -> None:
-            if attempt == 0:
-                broken.append(i)
-                return
-            r = _failure(granules[i], "worker process died", e)
-            on_done(r)
-            results[i] = r
-
         for n, i in enumerate(indices):
             try:
                 futures[pool.submit(virtualize_granule, granules[i], spec, source)] = i
-            except BrokenProcessPool as e:  # the pool broke while work was being queued
-                saw_break = True
-                for j in indices[n:]:
-                    died(j, e)
+            except BrokenProcessPool:  # the pool broke while work was being queued
+                broken += indices[n:]
                 break
         for fut in as_completed(futures):
             i = futures[fut]
             try:
                 r = fut.result()
-            except BrokenProcessPool as e:
-                saw_break = True
-                died(i, e)
+            except BrokenProcessPool:
+                broken.append(i)
                 continue
             except Exception as e:  # an unpicklable result, a worker-side crash
                 r = _failure(granules[i], "worker failed", e)
             on_done(r)
             results[i] = r
-        return broken if saw_break else None
+        return broken
 
     def close(self) -> None:
         if self._pool is not None:
