@@ -198,3 +198,60 @@ def test_a_dying_worker_fails_its_granule_and_the_pool_recovers(
     innocent = [r for i, r in enumerate(first) if i != 2]
     assert _summary(innocent) == _summary([r for i, r in enumerate(serial) if i != 2])
     assert _summary(second) == _summary(serial[:2])
+
+
+_UNGUARDED = """
+import refstore
+from refstore.config import load_config
+
+# No `if __name__ == "__main__":` guard: Python re-runs this in every pool worker.
+config = load_config("refstore.toml", overrides={"executor": "processes", "workers": 2})
+print("added", len(refstore.sync(config).added))
+"""
+
+
+def test_a_script_without_a_main_guard_gets_the_cause_not_a_quarantine(
+    make_config, arrive, ccmp_archive, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import cli_env
+
+    config = make_config()
+    arrive(*ccmp_archive(3))
+    (tmp_path / "unguarded.py").write_text(_UNGUARDED)
+    proc = subprocess.run(
+        [sys.executable, "unguarded.py"],
+        cwd=tmp_path,
+        env=cli_env(),
+        text=True,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "worker processes could not start" in proc.stderr
+    assert '__name__ == "__main__"' in proc.stderr
+    # Nothing was blamed on the granules: they are all still to do.
+    from refstore.ledger import Ledger
+
+    ledger = Ledger(config.ledger, readonly=True)
+    try:
+        assert not [r for r in ledger.iter_rows() if str(r.status) == "quarantined"]
+    finally:
+        ledger.close()
+    # The guarded script lands them all.
+    guarded = "def main():\n" + "".join(f"    {line}\n" for line in _UNGUARDED.splitlines())
+    (tmp_path / "guarded.py").write_text(guarded + 'if __name__ == "__main__":\n    main()\n')
+    proc = subprocess.run(
+        [sys.executable, "guarded.py"],
+        cwd=tmp_path,
+        env=cli_env(),
+        text=True,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "added 3" in proc.stdout

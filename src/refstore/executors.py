@@ -43,6 +43,8 @@ type OnDone = Callable[[Result], None]
 _MIN_FOR_POOL = 4
 # Imported once in the forkserver, so every worker it forks starts warm (about 1 s of
 # imports per worker otherwise, paid again whenever a pool is restarted).
+# Seconds a new pool may take to run one trivial task (a worker imports _PRELOAD first).
+PROBE_TIMEOUT = 120.0
 _PRELOAD = ["refstore.virtualize", "virtualizarr.parsers", "xarray", "h5py", "obstore"]
 
 
@@ -133,7 +135,30 @@ class PoolExecutor(_Base):
                 initializer=watch_parent,
                 initargs=(use_pdeathsig(),),
             )
+            self._probe()
         return self._pool
+
+    def _probe(self) -> None:
+        """Fail with the cause, blaming no granule, when workers cannot even start.
+
+        Python starts each worker by re-running the caller's main script (multiprocessing's
+        forkserver/spawn), so a script that calls ``refstore.sync`` from unguarded top-level
+        code runs again in every worker, which dies; without this check every granule of
+        the run would be quarantined as "worker process died".
+        """
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            self._pool.submit(os.getpid).result(timeout=PROBE_TIMEOUT)
+        except (BrokenProcessPool, TimeoutError) as e:
+            self.close()
+            raise ConfigError(
+                f"refstore's worker processes could not start ({type(e).__name__}), so no "
+                "granule was read. A script that calls refstore.sync must keep its top-level "
+                'code under `if __name__ == "__main__":`: Python re-runs the main script in '
+                "every worker process.",
+                'Add that guard to the script, or use executor = "serial".',
+            ) from e
 
     def map(
         self, granules: Sequence[Granule], spec: DatasetSpec, source: Any, on_done: OnDone
