@@ -189,6 +189,43 @@ def test_tag_and_gc_keep_the_mirror_current(store: Callable[..., Path]) -> None:
     assert [e["tags"] for e in entries] == [["v3"], []]  # head, then the root
 
 
+def test_a_refresh_from_a_base_equals_reading_the_whole_history(
+    store: Callable[..., Path],
+) -> None:
+    """A sync refreshes the mirror from the one current at its start, reading only the
+    snapshots after that one's tip; tags anywhere and a reset branch still come out as a
+    full read of the history would give them."""
+    import icechunk
+    import zarr
+
+    from refstore.mirror import capture
+
+    folder = store(2)
+    cfg = load_config(folder / "refstore.toml", environ={})
+    base = capture(cfg)
+    assert base is not None and len(base.log) == 3  # two syncs and the root
+    repo = icechunk.Repository.open(icechunk.local_filesystem_storage(str(folder.parent / "repo")))
+
+    def outside_commit(note: str) -> str:
+        session = repo.writable_session("main")
+        zarr.open_group(session.store, mode="r+").attrs["note"] = note
+        return str(session.commit(note))
+
+    # New snapshots after the base's tip, and a tag on a snapshot the base already held.
+    outside_commit("one")
+    repo.create_tag("old", snapshot_id=base.log[1][0].snapshot)
+    grown = capture(cfg, base=base)
+    assert grown == capture(cfg) and grown is not None and len(grown.log) == 4
+    assert {c.snapshot: t for c, t in grown.log}[base.log[1][0].snapshot] == ("old",)
+
+    # main reset behind the base's tip, then moved on: the base's log is no longer history.
+    repo.reset_branch("main", base.log[1][0].snapshot)
+    outside_commit("two")
+    reset = capture(cfg, base=base)
+    assert reset == capture(cfg) and reset is not None
+    assert base.tip not in {c.snapshot for c, _ in reset.log}
+
+
 def test_s3_token_is_one_head_request_and_changes_with_the_repository(
     moto: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -138,9 +138,15 @@ def load(config: Config, text: str | None) -> Mirror | None:
     return mirror if _token(config) == mirror.token else None
 
 
-def capture(config: Config) -> Mirror | None:
+def capture(config: Config, base: Mirror | None = None) -> Mirror | None:
     """Read the mirror from Icechunk (a fresh handle: nothing cached); None without a
-    repository or when its state token cannot be read cheaply (nothing to check it by)."""
+    repository or when its state token cannot be read cheaply (nothing to check it by).
+
+    With ``base`` (a mirror that was current earlier, whose tip is still in ``main``'s
+    ancestry) only the snapshots after its tip are read: a sync's refresh then costs what
+    it committed, not the whole history (0.07 s at 48 snapshots, growing with every one).
+    Never pass a ``base`` across an expiry (gc): its log would keep expired snapshots.
+    """
     token = _token(config)  # first: a change after this makes the copy look stale
     if token is None:
         return None
@@ -151,17 +157,28 @@ def capture(config: Config) -> Mirror | None:
         token=token,
         tip=store.head_snapshot(),
         head=store.head(),
-        log=tuple((c, tuple(tags)) for c, tags in store.log()),
+        log=_log(store, base),
         prefixes=store.recorded_prefixes(),
     )
 
 
+def _log(store: Store, base: Mirror | None) -> tuple[tuple[CommitInfo, tuple[str, ...]], ...]:
+    newer = None if base is None else store.log_since(base.tip)
+    if base is None or newer is None:  # no base, or history reset past it: read it all
+        return tuple((c, tuple(tags)) for c, tags in store.log())
+    tags = store.tags_by_snapshot()  # tags may have moved anywhere in the history
+    commits = [*newer, *(c for c, _ in base.log)]
+    return tuple((c, tuple(tags.get(c.snapshot, ()))) for c in commits)
+
+
 def refresh(config: Config, ledger: Any, known: Mirror | None = None) -> Mirror | None:
     """Make ``ledger``'s mirror current (call it holding the store lock, after writing);
-    ``known`` is the mirror found current at the start, kept if nothing changed."""
+    ``known`` is the mirror found current at the start of the run: kept if nothing
+    changed, else the base that only the new snapshots are added to. Without ``known``
+    (gc: expiry rewrote history) the whole log is read again."""
     if known is not None and _token(config) == known.token:
         return known
-    mirror = capture(config)
+    mirror = capture(config, base=known)
     if mirror is not None:
         ledger.set_meta(KEY, mirror.to_json())
     return mirror

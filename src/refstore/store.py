@@ -237,7 +237,7 @@ class Store:
         """
         import icechunk
 
-        from refstore.storage import container_store_config
+        from refstore.storage import MANIFEST_SPLIT_MAX, container_store_config
 
         if self.exists():
             _ = self.repo
@@ -253,7 +253,7 @@ class Store:
                 icechunk.ManifestSplitCondition.AnyArray(): {
                     icechunk.ManifestSplitDimCondition.DimensionName(
                         f"^{re.escape(concat_dim)}$"
-                    ): coord_chunk
+                    ): min(coord_chunk, MANIFEST_SPLIT_MAX)
                 }
             }
         )
@@ -307,18 +307,30 @@ class Store:
         """Every snapshot on ``main`` (newest first) with the tags that point at it."""
         if self.known is not None:
             return self.known.entries(limit)
-        tags: dict[str, list[str]] = {}
-        for tag in sorted(self.repo.list_tags()):
-            tags.setdefault(str(self.repo.lookup_tag(tag)), []).append(tag)
+        tags = self.tags_by_snapshot()
         out = []
         for i, info in enumerate(self._ancestry()):
             if limit is not None and i >= limit:
                 break
-            c = _commit_info(info) or CommitInfo(
-                snapshot=info.id, message=info.message, written_at=info.written_at.isoformat()
-            )
-            out.append((c, tags.get(info.id, [])))
+            out.append((_log_entry(info), tags.get(info.id, [])))
         return out
+
+    def log_since(self, known_tip: str) -> list[CommitInfo] | None:
+        """The snapshots on ``main`` after ``known_tip`` (newest first, without tags), or
+        None when ``known_tip`` is not in ``main``'s ancestry (history was reset)."""
+        found: list[CommitInfo] = []
+        for info in self._ancestry():
+            if info.id == known_tip:
+                return found
+            found.append(_log_entry(info))
+        return None
+
+    def tags_by_snapshot(self) -> dict[str, list[str]]:
+        """Every tag, by the snapshot it points at (names sorted)."""
+        tags: dict[str, list[str]] = {}
+        for tag in sorted(self.repo.list_tags()):
+            tags.setdefault(str(self.repo.lookup_tag(tag)), []).append(tag)
+        return tags
 
     def head(self, at: str | None = None) -> Head | None:
         """The newest refstore commit's view of the store (on ``main``, or in the
@@ -608,6 +620,13 @@ def _rewrite(store: Any, ds: Any, concat_dim: str, start: int, new_length: int) 
     virtual = ds.drop_vars(loaded)
     if virtual.variables:
         virtual.vz.to_icechunk(store, region=region)
+
+
+def _log_entry(info: Any) -> CommitInfo:
+    """A snapshot as ``log`` shows it: refstore's commit metadata, or just its message."""
+    return _commit_info(info) or CommitInfo(
+        snapshot=info.id, message=info.message, written_at=info.written_at.isoformat()
+    )
 
 
 def _commit_info(info: Any) -> CommitInfo | None:
