@@ -210,32 +210,37 @@ print("added", len(refstore.sync(config).added))
 """
 
 
-def test_a_script_without_a_main_guard_gets_the_cause_not_a_quarantine(
-    make_config, arrive, ccmp_archive, tmp_path: Path
-) -> None:
+def _run_script(path: Path) -> Any:
+    """Run a Python script as a user would (its own interpreter, cwd its folder)."""
     import subprocess
     import sys
 
     from tests.conftest import cli_env
 
-    config = make_config()
-    arrive(*ccmp_archive(3))
-    (tmp_path / "unguarded.py").write_text(_UNGUARDED)
-    proc = subprocess.run(
-        [sys.executable, "unguarded.py"],
-        cwd=tmp_path,
+    return subprocess.run(
+        [sys.executable, path.name],
+        cwd=path.parent,
         env=cli_env(),
         text=True,
         capture_output=True,
         timeout=300,
         check=False,
     )
+
+
+def test_a_script_without_a_main_guard_gets_the_cause_not_a_quarantine(
+    make_config, arrive, ccmp_archive, tmp_path: Path
+) -> None:
+    from refstore.ledger import Ledger
+
+    config = make_config()
+    arrive(*ccmp_archive(3))
+    (tmp_path / "unguarded.py").write_text(_UNGUARDED)
+    proc = _run_script(tmp_path / "unguarded.py")
     assert proc.returncode != 0
     assert "worker processes could not start" in proc.stderr
     assert '__name__ == "__main__"' in proc.stderr
     # Nothing was blamed on the granules: they are all still to do.
-    from refstore.ledger import Ledger
-
     ledger = Ledger(config.ledger, readonly=True)
     try:
         assert not [r for r in ledger.iter_rows() if str(r.status) == "quarantined"]
@@ -244,14 +249,6 @@ def test_a_script_without_a_main_guard_gets_the_cause_not_a_quarantine(
     # The guarded script lands them all.
     guarded = "def main():\n" + "".join(f"    {line}\n" for line in _UNGUARDED.splitlines())
     (tmp_path / "guarded.py").write_text(guarded + 'if __name__ == "__main__":\n    main()\n')
-    proc = subprocess.run(
-        [sys.executable, "guarded.py"],
-        cwd=tmp_path,
-        env=cli_env(),
-        text=True,
-        capture_output=True,
-        timeout=300,
-        check=False,
-    )
+    proc = _run_script(tmp_path / "guarded.py")
     assert proc.returncode == 0, proc.stderr
     assert "added 3" in proc.stdout

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CoordEncoding", "express_in", "raw_loaded"]
+__all__ = ["CoordEncoding", "express_in", "plain", "raw_loaded"]
 
 # What decides how stored values decode (a _FillValue on a coordinate is left as is).
 _ENCODING_ATTRS = ("units", "calendar", "scale_factor", "add_offset")
@@ -37,7 +37,7 @@ class CoordEncoding:
     @classmethod
     def of(cls, dtype: Any, attrs: Mapping[str, Any]) -> CoordEncoding:
         """From an array's dtype and attributes."""
-        found = {k: _plain(attrs[k]) for k in _ENCODING_ATTRS if k in attrs}
+        found = {k: plain(attrs[k]) for k in _ENCODING_ATTRS if k in attrs}
         return cls(str(np.dtype(dtype)), tuple(sorted(found.items())))
 
     def get(self, key: str) -> Any:
@@ -45,7 +45,8 @@ class CoordEncoding:
         return dict(self.attrs).get(key)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A numpy scalar/array or bytes as plain Python (JSON-ready) values."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from refstore.coords import plain
+
 __all__ = [
     "CHECK_EVERY",
     "Proof",
@@ -164,16 +166,6 @@ def sampled(granule_key: str) -> bool:
 
 
 # -- the sidecar's description of the loaded variables ----------------------------------------
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value
-
-
 def describe(group: Any, loadable: Sequence[str], concat_dim: str) -> dict[str, Any] | None:
     """What the sidecar (a ``ManifestGroup``) says about the loaded variables; None if
     they cannot be derived (a loaded variable along the concat dim other than its
@@ -194,7 +186,7 @@ def describe(group: Any, loadable: Sequence[str], concat_dim: str) -> dict[str, 
             "dtype": str(meta.data_type),
             "chunks": [int(c) for c in meta.chunks],
             "codecs": [c.to_dict() for c in meta.codecs],
-            "fill": _plain(meta.fill_value),
+            "fill": plain(meta.fill_value),
         }
         if name == concat_dim:
             entry["attrs"] = {k: v for k, v in attrs.items() if k not in _MOVING}
