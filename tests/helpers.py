@@ -39,3 +39,15 @@ def assert_same_values(actual: xr.Dataset, expected: xr.Dataset) -> None:
         assert a.dims == e.dims, (name, a.dims, e.dims)
         assert a.dtype == e.dtype, (name, a.dtype, e.dtype)
         np.testing.assert_array_equal(a.values, e.values, err_msg=str(name))
+
+
+def group_read(paths: Sequence[Path], group: str, **kwargs: Any) -> xr.Dataset:
+    """Each file's ``group`` with the root's ``mirror_step`` as its coordinate (netCDF
+    scoping, as TEMPO-like granules keep it), concatenated along ``mirror_step``."""
+    parts = []
+    for p in paths:
+        with xr.open_dataset(p, engine="h5netcdf", **kwargs) as root:
+            step = root["mirror_step"].load()
+        with xr.open_dataset(p, engine="h5netcdf", group=group, **kwargs) as ds:
+            parts.append(ds.load().assign_coords(mirror_step=step))
+    return xr.concat(parts, dim="mirror_step", data_vars="minimal", coords="minimal")

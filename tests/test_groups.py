@@ -22,6 +22,7 @@ from refstore.verify import verify
 from refstore.virtualize import parent_groups
 from tests.conftest import ASCAT
 from tests.granule_factory import tempo_like_granule
+from tests.helpers import group_read
 
 
 def test_parent_groups() -> None:
@@ -30,22 +31,11 @@ def test_parent_groups() -> None:
     assert parent_groups("a/b/c") == ["a/b", "a", ""]
 
 
-def _expected(paths: list[Path], group: str, **kwargs: Any) -> xr.Dataset:
-    """Each file's group, with the root's ``mirror_step`` as its coordinate, concatenated."""
-    parts = []
-    for p in paths:
-        with xr.open_dataset(p, engine="h5netcdf", **kwargs) as root:
-            step = root["mirror_step"].load()
-        with xr.open_dataset(p, engine="h5netcdf", group=group, **kwargs) as ds:
-            parts.append(ds.load().assign_coords(mirror_step=step))
-    return xr.concat(parts, dim="mirror_step", data_vars="minimal", coords="minimal")
-
-
 def _assert_served(config: Any, paths: list[Path]) -> None:
     for source in ("repo", "export"):
         for kwargs in ({}, {"mask_and_scale": False, "decode_times": False}):
             served = refstore.open_dataset(config, source=source, **kwargs).load()
-            expected = _expected(paths, config.group, **kwargs)
+            expected = group_read(paths, config.group, **kwargs)
             assert served.sizes == expected.sizes
             for name in expected.variables:
                 a, e = served[name], expected[name]

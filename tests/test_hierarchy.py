@@ -23,6 +23,7 @@ from refstore.hierarchy import flatten, parse_groups, split
 from refstore.verify import verify
 from tests.conftest import run_cli
 from tests.granule_factory import tempo_like_granule
+from tests.helpers import group_read
 
 ALONG = ("product", "geolocation", "support_data")
 
@@ -73,24 +74,13 @@ def test_flatten_and_split_are_inverse() -> None:
         flatten({"": root, "product": other}, "t", "g.nc")
 
 
-def _expected(paths: list[Path], group: str, **kwargs: Any) -> xr.Dataset:
-    """Each file's group with the root's ``mirror_step`` assigned, concatenated."""
-    parts = []
-    for p in paths:
-        with xr.open_dataset(p, engine="h5netcdf", **kwargs) as root:
-            step = root["mirror_step"].load()
-        with xr.open_dataset(p, engine="h5netcdf", group=group, **kwargs) as ds:
-            parts.append(ds.load().assign_coords(mirror_step=step))
-    return xr.concat(parts, dim="mirror_step", data_vars="minimal", coords="minimal")
-
-
 def _assert_groups_served(config: Any, paths: list[Path], at: str | None = None) -> None:
     """Every group reads back as the files' groups: decoded and raw values, NaN mask,
     dtype (the fidelity rule, group by group)."""
     for group in ALONG:
         for kwargs in ({}, {"mask_and_scale": False, "decode_times": False}):
             served = refstore.open_dataset(config, at=at, group=group, **kwargs).load()
-            expected = _expected(paths, group, **kwargs)
+            expected = group_read(paths, group, **kwargs)
             assert served.sizes == expected.sizes, group
             for name in expected.variables:
                 a, e = served[name], expected[name]
@@ -157,7 +147,7 @@ def test_a_revised_granule_is_replaced_in_every_group(make_config) -> None:  # t
     assert sorted(tree.children) == ["instrument", "product"]  # the listed groups only
     for group in ("product",):
         served = refstore.open_dataset(config, group=group).load()
-        expected = _expected(files, group)
+        expected = group_read(files, group)
         np.testing.assert_array_equal(served.no2.values, expected.no2.values)
     assert not np.array_equal(served.no2.values[3:6], old.values[3:6], equal_nan=True)
     # Time travel: the snapshot before the revision, its unrevised granules (the revised
@@ -381,7 +371,7 @@ def test_sidecar_built_group_takes_the_parents_coordinate(make_config, caplog) -
     assert len(result.added) == 3, [f.reason for f in result.quarantined]
     assert "disagrees" not in caplog.text  # built from the sidecars, not the files
     served = refstore.open_dataset(config).load()
-    expected = _expected(sorted(files, reverse=True), "product")  # c (0 s), b, a
+    expected = group_read(sorted(files, reverse=True), "product")  # c (0 s), b, a
     for name in expected.variables:
         np.testing.assert_array_equal(served[name].values, expected[name].values, err_msg=name)
 
