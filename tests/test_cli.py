@@ -24,7 +24,9 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
 
     log = json.loads(run_cli("log", "--json", cwd=tmp_path).stdout)
     assert [e["tags"] for e in log] == [[], ["day1"], []]
-    assert log[0]["granules"] == [GAMSSA[1].name]
+    assert [e["granules"] for e in log] == [1, 1, 0]
+    keyed = json.loads(run_cli("log", "--json", "--keys", cwd=tmp_path).stdout)
+    assert [e["keys"] for e in keyed] == [[GAMSSA[1].name], [GAMSSA[0].name], []]
 
     status = json.loads(run_cli("status", "--json", cwd=tmp_path).stdout)
     assert status["counts"] == {"committed": 2} and status["length"] == 2

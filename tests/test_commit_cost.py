@@ -59,3 +59,49 @@ def test_appends_across_parquet_record_files_read_back_equal(
     assert len(records) >= 3, records
     # Incremental, not a full rewrite: the untouched first record is a hard link.
     assert (folder / "uwnd" / "refs.0.parq").stat().st_nlink >= 2
+
+
+def test_commit_metadata_is_fixed_size_and_an_empty_ledger_rebuilds_from_details(
+    make_config: MakeConfig, incoming: Path, tmp_path: Path
+) -> None:
+    """Icechunk 2 keeps every snapshot's metadata in the one object each commit and each
+    open reads and rewrites: per-granule lists there made a +1 commit at 100,000 granules
+    decode 26 MB. They go to the commit's detail element (refstore.details) instead; the
+    history stays the source of truth a new ledger is rebuilt from."""
+    import json
+
+    from refstore.ledger import Ledger
+    from refstore.store import METADATA_KEY
+
+    files = write_ccmp_like_series(incoming, datetime(2024, 1, 1), 1, nlat=4, nlon=8)
+    config = make_config()
+    refstore.sync(config)
+    files += write_ccmp_like_series(incoming, datetime(2024, 1, 2), 60, nlat=4, nlon=8)
+    assert len(refstore.sync(config).added) == 60
+    files += write_ccmp_like_series(incoming, datetime(2024, 3, 2), 1, nlat=4, nlon=8)
+    assert len(refstore.sync(config).added) == 1
+    store = open_store(config)
+    sizes = [
+        len(json.dumps(info.metadata[METADATA_KEY]))
+        for info in store.repo.ancestry(branch="main")
+        if METADATA_KEY in (info.metadata or {})
+    ]
+    assert len(sizes) == 3
+    # The 60-granule commit's metadata is the size of the 1-granule ones (a fixed summary;
+    # its keys, urls and revisions alone are over 10 KB).
+    assert max(sizes) - min(sizes) < 200, sizes
+    commits = store.commits()
+    assert [c.count for c in commits] == [1, 60, 1]
+    assert [len(c.placements) for c in commits] == [1, 60, 1]
+    assert [p.key for c in commits for p in c.placements] == [f.name for f in files]
+    # A second machine: an empty ledger, the same repository. It learns every placement
+    # from the history's details and has nothing to add.
+    other = config.replace(ledger=str(tmp_path / "other.db"))
+    result = refstore.sync(other)
+    assert not result.added and not result.quarantined
+    with Ledger(other.ledger, readonly=True) as ledger:
+        rows = {k: r for k, r in ledger.rows().items() if r.in_store}
+    assert sorted(rows) == sorted(f.name for f in files)
+    offsets = sorted(r.offset or 0 for r in rows.values())
+    assert offsets == [4 * i for i in range(len(files))]
+    assert_same_values(refstore.open_dataset(other).load(), direct_read(files))

@@ -4,6 +4,13 @@ The metadata is the source of truth the ledger is reconciled against: for every
 granule whose references this commit wrote, its key, revision, url, offset and length
 along the concat dim and its first/last concat values; plus the store's range, its
 drift signature and the attributes dropped as per-granule.
+
+Only the fixed-size part goes into the Icechunk commit metadata (:func:`split_metadata`):
+Icechunk 2 keeps every snapshot's metadata in its one mutable ``repo`` object, which
+every open reads and every commit rewrites, so per-granule lists there made each commit
+cost O(granules ever committed) (measured: 26 MB decoded per commit at 100,000
+granules, the commit 0.04 s -> 0.16 s). The per-granule part is written in the same
+commit as one element of a native array (:mod:`refstore.details`).
 """
 
 from __future__ import annotations
@@ -25,13 +32,28 @@ __all__ = [
     "commit_info",
     "commit_metadata",
     "coverage",
+    "merge_metadata",
     "placements",
     "prepare_encoding",
+    "split_metadata",
     "split_unchanged_tail",
 ]
 
 DEFAULT_COORD_CHUNK = 1024
-METADATA_VERSION = 2
+METADATA_VERSION = 3  # 3: the per-granule lists moved out (DETAIL_KEYS, "detail_at")
+# Per-granule fields: written as a commit's detail element, not in its metadata.
+DETAIL_KEYS = (
+    "granules",
+    "revisions",
+    "urls",
+    "offsets",
+    "lengths",
+    "firsts",
+    "lasts",
+    "native",
+    "added",
+    "replaced",
+)
 
 
 def choose_coord_chunk(configured: int | None, granules: Sequence[VirtualGranule]) -> int:
@@ -160,6 +182,7 @@ def commit_metadata(
     return {
         "version": METADATA_VERSION,
         "run_id": run_id,
+        "count": len(placed),
         "granules": [p.key for p in placed],
         "revisions": [p.revision for p in placed],
         "urls": [p.url for p in placed],
@@ -183,8 +206,21 @@ def commit_metadata(
     }
 
 
+def split_metadata(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(summary, detail)`` of :func:`commit_metadata`'s dict: the summary (fixed size)
+    is the Icechunk commit metadata, the detail (per-granule lists) its detail element."""
+    summary = {k: v for k, v in meta.items() if k not in DETAIL_KEYS}
+    return summary, {k: meta[k] for k in DETAIL_KEYS if k in meta}
+
+
+def merge_metadata(summary: dict[str, Any], detail: dict[str, Any] | None) -> dict[str, Any]:
+    """The whole metadata again from its two parts (``detail`` None: not loaded)."""
+    return {**summary, **(detail or {})}
+
+
 def commit_info(snapshot: str, message: str, written_at: str, meta: dict[str, Any]) -> CommitInfo:
-    """Read a commit's metadata back (any version refstore wrote)."""
+    """Read a commit's metadata back (any version refstore wrote). Without its detail
+    (version 3, not merged in), the commit's granules are a count and ``detail_at``."""
     keys = tuple(meta.get("granules", ()))
     n = len(keys)
     revisions = tuple(meta.get("revisions", ("",) * n))
@@ -225,7 +261,13 @@ def commit_info(snapshot: str, message: str, written_at: str, meta: dict[str, An
         end=meta.get("end") or (format_value(placed_value(placed[-1].last)) if placed else None),
         run_id=meta.get("run_id"),
         placements=placed,
+        count=int(meta.get("count", n)),
+        detail_at=None if "granules" in meta else _int_or_none(meta.get("detail_at")),
     )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def split_unchanged_tail[T](

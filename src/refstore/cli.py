@@ -312,14 +312,23 @@ def status(config_path: str | None, as_json: bool) -> None:
 @cli.command(name="log")
 @CONFIG_OPTION
 @click.option("--limit", "-n", type=int, default=None, help="Show the newest N snapshots.")
+@click.option(
+    "--keys",
+    is_flag=True,
+    help="With --json: each snapshot's granule keys too (read from the repository).",
+)
 @JSON_OPTION
-def log_cmd(config_path: str | None, limit: int | None, as_json: bool) -> None:
-    """The store's snapshots, newest first, with their tags and granules."""
+def log_cmd(config_path: str | None, limit: int | None, keys: bool, as_json: bool) -> None:
+    """The store's snapshots, newest first, with their tags and granule counts."""
     from refstore.mirror import known_store
 
     _quiet_icechunk()
-    entries = known_store(_load(config_path)).log(limit)
+    store = known_store(_load(config_path))
+    entries = store.log(limit)
     if as_json:
+        if keys:  # kept out of commit metadata and the mirror (refstore.details)
+            loaded = store.with_details([c for c, _ in entries], store.head_snapshot())
+            entries = [(c, tags) for c, (_, tags) in zip(loaded, entries, strict=True)]
         _echo_json(
             [
                 {
@@ -327,7 +336,8 @@ def log_cmd(config_path: str | None, limit: int | None, as_json: bool) -> None:
                     "written_at": c.written_at,
                     "message": c.message,
                     "tags": tags,
-                    "granules": list(c.granules),
+                    "granules": c.count,
+                    **({"keys": list(c.granules)} if keys else {}),
                     "start": c.start,
                     "end": c.end,
                 }

@@ -197,8 +197,14 @@ def stored_groups(store: Any) -> list[str]:
     from refstore.rectilinear import enable
 
     enable()  # listing reads every array's metadata, a rectilinear grid's too
+    from refstore.details import GROUP
+
     root = zarr.open_group(store, mode="r", zarr_format=3)
-    return sorted(p for p, node in root.members(max_depth=None) if isinstance(node, zarr.Group))
+    return sorted(
+        p
+        for p, node in root.members(max_depth=None)
+        if isinstance(node, zarr.Group) and p.split("/")[0] != GROUP  # refstore's own
+    )
 
 
 def _group_attrs(attrs: Mapping[str, Any], group: str) -> dict[str, Any]:

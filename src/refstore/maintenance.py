@@ -143,6 +143,26 @@ def _history(store: Any) -> list[SnapshotEntry]:
     ]
 
 
+def _with_details(store: Any, entries: list[SnapshotEntry]) -> dict[str, dict[str, Any]]:
+    """The whole metadata (per-granule lists merged back, :mod:`refstore.details`) of
+    ``entries`` (on ``main``'s ancestry), for the ledger to keep once they are expired."""
+    from refstore.batch import merge_metadata
+
+    wanted = {
+        e.snapshot: e.metadata["detail_at"]
+        for e in entries
+        if "granules" not in e.metadata and isinstance(e.metadata.get("detail_at"), int)
+    }
+    if not wanted:
+        return {}
+    loaded = store.details_at(str(store.repo.lookup_branch("main")), list(wanted.values()))
+    return {
+        e.snapshot: merge_metadata(e.metadata, loaded[wanted[e.snapshot]])
+        for e in entries
+        if wanted.get(e.snapshot) in loaded
+    }
+
+
 def _tags(store: Any) -> dict[str, list[str]]:
     tags: dict[str, list[str]] = {}
     for tag in sorted(store.repo.list_tags()):
@@ -275,13 +295,14 @@ def _expire_and_collect(
 
     if bound is not None:
         run = datetime.now(UTC).strftime("gc-%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+        whole = _with_details(store, expiring + detached)
         ledger.record_expiring(
             (
                 {
                     "snapshot": e.snapshot,
                     "written_at": e.written_at.isoformat(),
                     "message": e.message,
-                    "metadata": json.dumps(e.metadata),
+                    "metadata": json.dumps(whole.get(e.snapshot, e.metadata)),
                 }
                 for e in expiring + detached
             ),

@@ -43,7 +43,7 @@ log = logging.getLogger("refstore")
 
 KEY = "repo_mirror"  # the ledger ``meta`` row holding it
 RECONCILED = "reconciled_snapshot"  # the tip of main the ledger's rows reflect
-VERSION = 1
+VERSION = 2  # 2: a commit's granules as a count and detail index, not their keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +81,16 @@ class Mirror:
                     "layout": head.layout,
                 },
                 "log": [
-                    [c.snapshot, c.message, c.written_at, c.granules, c.start, c.end, tags]
+                    [
+                        c.snapshot,
+                        c.message,
+                        c.written_at,
+                        c.count,
+                        c.detail_at,
+                        c.start,
+                        c.end,
+                        tags,
+                    ]
                     for c, tags in self.log
                 ],
                 "prefixes": self.prefixes,
@@ -114,11 +123,17 @@ class Mirror:
                 log=tuple(
                     (
                         CommitInfo(
-                            snapshot=s, message=m, written_at=w, granules=tuple(g), start=a, end=b
+                            snapshot=s,
+                            message=m,
+                            written_at=w,
+                            count=int(n),
+                            detail_at=at,
+                            start=a,
+                            end=b,
                         ),
                         tuple(tags),
                     )
-                    for s, m, w, g, a, b, tags in d["log"]
+                    for s, m, w, n, at, a, b, tags in d["log"]
                 ),
                 prefixes=tuple(d["prefixes"]),
             )

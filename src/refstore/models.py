@@ -130,6 +130,10 @@ class CommitInfo:
     end: str | None = None
     run_id: str | None = None
     placements: tuple[Placement, ...] = ()
+    count: int = 0  # granules placed (also when their keys are not loaded)
+    # Index of the commit's detail element (refstore.details) when its per-granule lists
+    # were not loaded with it; None when they were, or the commit predates details.
+    detail_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

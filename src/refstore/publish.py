@@ -180,7 +180,7 @@ def gather(config: Config, cadence_s: float | None = None, recent: int = 10) -> 
         for c, t in log
     ]
     tags = [{"name": t, "snapshot": c.snapshot} for c, ts in log for t in ts]
-    times = sorted(datetime.fromisoformat(c.written_at).timestamp() for c, _ in log if c.granules)
+    times = sorted(datetime.fromisoformat(c.written_at).timestamp() for c, _ in log if c.count)
     update = float(np.median(np.diff(times))) if len(times) > 1 else None
     specs = {c.url_prefix: dict(c.options) for c in store.containers}
     prefixes = sorted(set(store.recorded_prefixes()) | set(specs))

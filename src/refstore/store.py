@@ -237,6 +237,7 @@ class Store:
         """
         import icechunk
 
+        from refstore import details
         from refstore.storage import MANIFEST_SPLIT_MAX, container_store_config
 
         if self.exists():
@@ -253,7 +254,11 @@ class Store:
                 icechunk.ManifestSplitCondition.AnyArray(): {
                     icechunk.ManifestSplitDimCondition.DimensionName(
                         f"^{re.escape(concat_dim)}$"
-                    ): min(coord_chunk, MANIFEST_SPLIT_MAX)
+                    ): min(coord_chunk, MANIFEST_SPLIT_MAX),
+                    # refstore.details: one element a commit
+                    icechunk.ManifestSplitDimCondition.DimensionName(
+                        f"^{re.escape(details.DIM)}$"
+                    ): details.SPLIT,
                 }
             }
         )
@@ -294,14 +299,57 @@ class Store:
 
         Walking stops at ``stop_at``, so reconciling costs what was committed since.
         """
-        found: list[CommitInfo] = []
+        from refstore.batch import commit_info, merge_metadata
+
+        found: list[tuple[Any, dict[str, Any]]] = []
+        tip: str | None = None
         for info in self._ancestry(at):
+            tip = tip or str(info.id)
             if stop_at is not None and info.id == stop_at:
                 break
-            c = _commit_info(info)
-            if c is not None:
-                found.append(c)
-        return found[::-1]
+            meta = (info.metadata or {}).get(METADATA_KEY)
+            if meta:
+                found.append((info, meta))
+        wanted = [m["detail_at"] for _, m in found if "granules" not in m and "detail_at" in m]
+        loaded = self.details_at(tip, wanted) if wanted and tip else {}
+        out = []
+        for info, meta in reversed(found):
+            at_ = meta.get("detail_at")
+            if "granules" not in meta and at_ is not None and at_ not in loaded:
+                raise StoreError(
+                    f"Snapshot {info.id} names its granules' detail #{at_}, which {self.url} "
+                    "does not hold: the repository was changed by something else than refstore.",
+                    "Rebuild the ledger from a copy of the repository taken before that, or "
+                    "re-sync into a new repository.",
+                )
+            whole = merge_metadata(meta, loaded.get(at_) if "granules" not in meta else None)
+            out.append(commit_info(info.id, info.message, info.written_at.isoformat(), whole))
+        return out
+
+    def details_at(self, snapshot: str, indices: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Detail elements ``indices`` as held at ``snapshot`` (:mod:`refstore.details`)."""
+        from refstore import details
+
+        return details.read(self.repo.readonly_session(snapshot_id=snapshot).store, indices)
+
+    def with_details(self, commits: Sequence[CommitInfo], at: str) -> list[CommitInfo]:
+        """``commits`` (on ``main``'s ancestry up to snapshot ``at``) with their granule
+        keys loaded where only their count was (a mirror's or ``log``'s entries)."""
+        from dataclasses import replace
+
+        wanted = [c.detail_at for c in commits if c.detail_at is not None and not c.granules]
+        loaded = self.details_at(at, wanted) if wanted else {}
+        out = []
+        for c in commits:
+            if c.granules or not c.count:
+                out.append(c)
+            elif c.detail_at is not None:
+                keys = loaded.get(c.detail_at, {}).get("granules", ())
+                out.append(replace(c, granules=tuple(keys)))
+            else:  # written before details: the keys are in its metadata
+                full = _commit_info(self.repo.lookup_snapshot(c.snapshot))
+                out.append(replace(c, granules=full.granules) if full else c)
+        return out
 
     def log(self, limit: int | None = None) -> list[tuple[CommitInfo, list[str]]]:
         """Every snapshot on ``main`` (newest first) with the tags that point at it."""
@@ -496,6 +544,8 @@ class Store:
         import icechunk
         import zarr
 
+        from refstore import details
+        from refstore.batch import split_metadata
         from refstore.faults import checkpoint
         from refstore.hierarchy import place_group_attrs
 
@@ -525,11 +575,14 @@ class Store:
                     _rewrite(session.store, ds, concat_dim, region_start, new_length)
                 if mode == "create":
                     place_group_attrs(session.store)  # a hierarchy's (refstore.hierarchy)
+                summary, detail = split_metadata(metadata)
+                if detail:  # its per-granule lists, in the commit but not in its metadata
+                    summary["detail_at"] = details.append(session.store, detail)
         except Exception as e:
             raise StoreError(f"Writing to the repository failed: {e}") from e
         checkpoint("mid-write")
         try:
-            return str(session.commit(message, metadata={METADATA_KEY: metadata}, rebase_with=None))
+            return str(session.commit(message, metadata={METADATA_KEY: summary}, rebase_with=None))
         except icechunk.ConflictError as e:
             raise ConflictError(
                 f"Another writer committed to {self.url} during this sync: {e}"
