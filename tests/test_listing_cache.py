@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import datetime
 from pathlib import Path
 
 import refstore
@@ -121,3 +122,71 @@ def test_the_listing_is_stored_as_columns_and_the_older_pairs_still_read() -> No
     assert ListingCache.from_json(older) == cache  # an upgrade keeps trusting the listing
     torn = '{"full_at":1,"keys":["a.nc","b.nc"],"inodes":[7],"revisions":["3-100"]}'
     assert ListingCache.from_json(torn) == ListingCache()  # unreadable: a full listing
+
+
+def test_an_unchanged_folder_is_not_listed_and_every_change_is_still_seen(
+    make_config: MakeConfig, incoming: Path, monkeypatch: object
+) -> None:
+    """A flat folder whose (inode, mtime) the last listing saw is not listed again: only
+    its recent files and unsettled rows are stat'ed. A name added, a name removed and a
+    recent file rewritten in place (same inode, same folder mtime) are each seen."""
+    import pytest
+
+    from refstore.sources import local
+    from refstore.synthetic import write_ccmp_like_granule, write_ccmp_like_series
+    from tests.helpers import assert_same_values, direct_read
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    listings: list[str] = []
+    scandir = os.scandir
+
+    def counted(path: object) -> object:  # os.scandir, counting the incoming folder's
+        if Path(str(path)) == incoming:
+            listings.append(str(path))
+        return scandir(path)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(local.os, "scandir", counted)
+
+    def settle() -> None:  # the folder last changed a minute ago
+        when = time.time() - 60
+        os.utime(incoming, (when, when))
+
+    def sync(expect_listing: bool) -> refstore.SyncResult:
+        before = len(listings)
+        result = refstore.sync(config)
+        assert (len(listings) > before) == expect_listing, (expect_listing, result)
+        return result
+
+    files = write_ccmp_like_series(incoming, datetime(2024, 1, 1), 3, nlat=4, nlon=8)
+    for f in files:
+        os.utime(f, (time.time() - 7 * DAY, time.time() - 7 * DAY))
+    config = make_config()
+    assert len(sync(True).added) == 3
+    settle()
+    assert sync(True).up_to_date  # the folder's state moved (its mtime): listed once more
+    result = sync(False)  # now unchanged since a settled listing: not listed
+    assert result.up_to_date and result.discovered == 3
+    # A new granule: the folder moves, it is listed and the granule lands.
+    (new,) = write_ccmp_like_series(incoming, datetime(2024, 1, 4), 1, nlat=4, nlon=8)
+    assert sync(True).added == (new.name,)
+    # Listed within SETTLE s of the folder's last change: a name added in the same mtime
+    # tick would share that mtime, so the folder is listed again.
+    assert sync(True).up_to_date
+    settle()
+    sync(True)
+    assert sync(False).up_to_date
+    # The new granule is recent: rewritten in place (same inode, folder untouched), the
+    # unlisted sync still stats it and puts the revision in place.
+    inode, folder_state = new.stat().st_ino, os.stat(incoming).st_mtime_ns
+    other = write_ccmp_like_granule(
+        incoming.parent / "tmp.nc", datetime(2024, 1, 4), seed=5, steps_per_file=4, nlat=4, nlon=8
+    )
+    with open(new, "r+b") as f:
+        f.write(other.read_bytes())
+        f.truncate()
+    assert new.stat().st_ino == inode and os.stat(incoming).st_mtime_ns == folder_state
+    assert sync(False).added == (new.name,)
+    assert_same_values(refstore.open_dataset(config).load(), direct_read([*files, new]))
+    # A granule removed: the folder moves, it is listed, the granule is missing.
+    files[0].unlink()
+    assert sync(True).missing == (files[0].name,)

@@ -690,9 +690,13 @@ def _plan_listing(
     function that saves the listing (call it once the ledger recorded the plan's todo:
     a cache saved earlier could hide a revision from the next run).
     """
-    from refstore.sources.listing_cache import ListingCache
+    from refstore.sources.listing_cache import FolderHead, ListingCache
 
     meta = f"listing:{source.url}"
+    head = FolderHead.from_json(ledger.get_meta(meta + ":head")) if trust_cache else None
+    state = source.folder_state() if head is not None else None  # type: ignore[attr-defined]
+    if head is not None and state and head.holds(state, time.time(), source.rescan_hours):  # type: ignore[attr-defined]
+        return _plan_unlisted(source, ledger, fingerprint, meta, head)
     cache = ListingCache.from_json(ledger.get_meta(meta))
     previous, full_at = cache.files, cache.full_at
     delta = trust_cache and bool(previous)
@@ -714,9 +718,39 @@ def _plan_listing(
     def remember() -> None:
         if (cache.files, cache.full_at) != (previous, full_at):
             ledger.set_meta(meta, cache.to_json())
+        folder = cache.head()
+        ledger.set_meta(meta + ":head", folder.to_json() if folder else "")
 
     plan = plan_sync(listed, rows, complete=True, fingerprint=fingerprint)
     return len(present), rows, plan, remember
+
+
+def _plan_unlisted(
+    source: Source, ledger: Ledger, fingerprint: str, meta: str, head: Any
+) -> tuple[int, dict[str, LedgerRow], SyncPlan, Callable[[], None]]:
+    """:func:`_plan_listing` for a flat folder no name was added to or removed from
+    since its last listing (:class:`~refstore.sources.listing_cache.FolderHead`): only
+    the recently changed files and the ledger's unsettled rows are stat'ed; the folder
+    is not listed and its per-file cache not loaded."""
+    rows = ledger.unsettled(fingerprint, WAITING)
+    now = source.restat(head.recent.keys() | rows.keys())  # type: ignore[attr-defined]
+    changed = {k: v for k, v in now.items() if k in head.recent and head.recent[k] != v}
+    gone = head.recent.keys() - now.keys()  # deleted: the folder would have moved, but
+    listed = [
+        source.granule(k, v[1])  # type: ignore[attr-defined]
+        for k, v in sorted(now.items())
+        if k in changed or k in rows
+    ]
+    rows |= ledger.rows_for(changed.keys() | gone)
+    recent = {k: v for k, v in now.items() if k in head.recent}
+
+    def remember() -> None:
+        if recent != head.recent:
+            head.recent = recent
+            ledger.set_meta(meta + ":head", head.to_json())
+
+    plan = plan_sync(listed, rows, complete=True, fingerprint=fingerprint)
+    return head.count, rows, plan, remember
 
 
 def sync(

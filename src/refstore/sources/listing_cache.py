@@ -12,6 +12,15 @@ every time, so an upload in progress or a recent granule rewritten in place is s
 once; at steady state that is the last day's granules, not the folder. The trade-off:
 an *older* file rewritten *in place* (same inode) is seen at the next full listing,
 every ``rescan_hours`` (0 = every listing is full, as before).
+
+A folder whose own ``(inode, mtime)`` is what the last listing saw has had no name added,
+removed or renamed since (POSIX updates a directory's mtime on each), so it is not even
+listed: the :class:`FolderHead` (a small ledger row of its own) keeps the folder's state,
+the file count and the recently changed files, which are stat'ed as always. At 100,000
+files that turns a no-op listing from reading every name (and loading the per-file
+cache) into two ``stat`` calls and the recent files'. A folder changed less than
+:data:`SETTLE` seconds before the listing that recorded it is listed again (a name added
+within the same mtime tick would be missed otherwise; coarse-clock or NFS folders too).
 No I/O here: :mod:`refstore.sources.local` lists, the ledger stores the JSON.
 """
 
@@ -20,7 +29,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-__all__ = ["ListingCache"]
+__all__ = ["SETTLE", "FolderHead", "ListingCache", "recent_files"]
+
+SETTLE = 2.0  # seconds a folder must have been unchanged before a listing to be trusted
 
 
 @dataclass
@@ -30,6 +41,17 @@ class ListingCache:
     files: dict[str, tuple[int, str]] = field(default_factory=dict)
     full_at: float = 0.0  # epoch seconds of the last listing that stat'ed every file
     stats: int = 0  # stat calls of the listing that filled it (reported, not stored)
+    # Set by a flat folder's listing, stored in its FolderHead rather than here:
+    folder: str = field(default="", compare=False)  # the folder's state before listing
+    listed_at: float = field(default=0.0, compare=False)
+    recent: dict[str, tuple[int, str]] = field(default_factory=dict, compare=False)
+
+    def head(self) -> FolderHead | None:
+        """The :class:`FolderHead` of the listing that filled this cache (None unless it
+        listed a flat folder)."""
+        if not self.folder:
+            return None
+        return FolderHead(self.folder, self.listed_at, self.full_at, len(self.files), self.recent)
 
     def full_due(self, now: float, rescan_hours: float) -> bool:
         """Whether this listing must stat every file (never listed, or overdue)."""
@@ -94,3 +116,62 @@ class ListingCache:
             return cls(files=files, full_at=float(data["full_at"]))
         except (ValueError, KeyError, TypeError, IndexError):
             return cls()
+
+
+@dataclass
+class FolderHead:
+    """What a flat folder's last listing needs to know that nothing was added or removed:
+    the folder's ``<inode>-<mtime_ns>`` then, when it was taken, when the last full
+    listing was, how many files it held, and its recently changed files (``key ->
+    (inode, revision)``, those to stat every time)."""
+
+    folder: str
+    listed_at: float
+    full_at: float
+    count: int
+    recent: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def holds(self, folder: str, now: float, rescan_hours: float) -> bool:
+        """Whether the folder, now in state ``folder``, needs no listing: unchanged since
+        a listing that began :data:`SETTLE` s after its last change, no full listing due."""
+        if not self.folder or folder != self.folder or not self.count:
+            return False
+        if rescan_hours <= 0 or now - self.full_at >= rescan_hours * 3600:
+            return False
+        mtime_ns = int(folder.rsplit("-", 1)[-1])
+        return mtime_ns / 1e9 < self.listed_at - SETTLE
+
+    def to_json(self) -> str:
+        """The small ledger row's text."""
+        return json.dumps(
+            {
+                "folder": self.folder,
+                "listed_at": self.listed_at,
+                "full_at": self.full_at,
+                "count": self.count,
+                "recent": {k: list(v) for k, v in self.recent.items()},
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | None) -> FolderHead | None:
+        """The head stored as ``text``; None if absent or unreadable (then list)."""
+        if not text:
+            return None
+        try:
+            d = json.loads(text)
+            recent = {str(k): (int(v[0]), str(v[1])) for k, v in d["recent"].items()}
+            at, full_at, count = float(d["listed_at"]), float(d["full_at"]), int(d["count"])
+            return cls(str(d["folder"]), at, full_at, count, recent)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            return None
+
+
+def recent_files(
+    files: dict[str, tuple[int, str]], now: float, rescan_hours: float
+) -> dict[str, tuple[int, str]]:
+    """The entries of ``files`` changed within ``rescan_hours`` of ``now`` (stat'ed on
+    every listing, :meth:`ListingCache.revision`'s rule)."""
+    cutoff_ns = (now - rescan_hours * 3600) * 1e9
+    return {k: v for k, v in files.items() if int(v[1].rsplit("-", 1)[-1]) >= cutoff_ns}

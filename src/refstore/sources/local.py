@@ -8,7 +8,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -158,7 +158,10 @@ class LocalSource:
         inodes: dict[str, int] = {}  # key -> inode, for plain files listed by scandir
         links: set[str] | None = None  # symlinks among them (None: ask the file system)
         chosen: list[os.DirEntry[str]] = []
+        now = time.time()
+        folder = ""
         if pattern is None or "/" not in pattern:
+            folder = self.folder_state() or ""  # before listing: a later change moves it
             match = _name_matcher(pattern)
             with os.scandir(root) as entries:
                 names = [e for e in entries if not e.name.startswith(".")]
@@ -173,9 +176,10 @@ class LocalSource:
             if not paths:
                 total = sum(1 for p in root.rglob("*") if p.is_file())
                 warn_none_matched(str(root), total, pattern)
-        now = time.time()
         full = cache is None or cache.full_due(now, self.rescan_hours)
         seen: dict[str, tuple[int, str]] = {}
+        recent: dict[str, tuple[int, str]] = {}  # changed within rescan_hours: see FolderHead
+        cutoff_ns = (now - self.rescan_hours * 3600) * 1e9
         stats = 0
         base_uri = file_url(str(root.resolve())).rstrip("/") + "/"
         # Files whose recorded revision holds without a stat, decided for the whole
@@ -204,6 +208,8 @@ class LocalSource:
                 if not stat.S_ISREG(st.st_mode):
                     continue
                 revision = f"{st.st_size}-{st.st_mtime_ns}"
+                if inode is not None and st.st_mtime_ns >= cutoff_ns:
+                    recent[key] = (inode, revision)
             if inode is not None:
                 seen[key] = (inode, revision)
                 if changed_only and cache is not None and cache.files.get(key) == seen[key]:
@@ -216,8 +222,36 @@ class LocalSource:
             yield _granule(key, url, revision)
         if cache is not None:
             cache.files, cache.stats = seen, stats
+            # A symlink's target can change with the folder unchanged: list such a folder.
+            cache.folder = "" if links is None or links else folder
+            cache.listed_at, cache.recent = now, recent
             if full:
                 cache.full_at = now
+
+    def folder_state(self) -> str | None:
+        """``<inode>-<mtime_ns>`` of a flat folder (None for a glob across folders, or a
+        folder that is gone): it moves whenever a name in it is added, removed or renamed."""
+        root, pattern = split_glob(self.url)
+        if pattern is not None and "/" in pattern:
+            return None
+        try:
+            st = os.stat(root)
+        except OSError:
+            return None
+        return f"{st.st_ino}-{st.st_mtime_ns}"
+
+    def restat(self, keys: Iterable[str]) -> dict[str, tuple[int, str]]:
+        """``key -> (inode, revision)`` of the plain files ``keys`` that exist now."""
+        top = os.path.join(self.root, "")
+        out: dict[str, tuple[int, str]] = {}
+        for key in keys:
+            try:
+                st = os.stat(top + key, follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                out[key] = (st.st_ino, f"{st.st_size}-{st.st_mtime_ns}")
+        return out
 
     def granule(self, key: str, revision: str) -> Granule:
         """The granule of a plain file ``key`` (relative to :attr:`root`) listed with
