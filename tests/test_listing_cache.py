@@ -187,6 +187,20 @@ def test_an_unchanged_folder_is_not_listed_and_every_change_is_still_seen(
     assert new.stat().st_ino == inode and os.stat(incoming).st_mtime_ns == folder_state
     assert sync(False).added == (new.name,)
     assert_same_values(refstore.open_dataset(config).load(), direct_read([*files, new]))
+    # Rewritten in place again while a name is added: the folder is listed, and the
+    # listing (deciding by the last listing's recent files) still stats the recent one.
+    settle()
+    sync(True)
+    back = write_ccmp_like_granule(
+        incoming.parent / "tmp2.nc", datetime(2024, 1, 4), seed=6, steps_per_file=4, nlat=4, nlon=8
+    )
+    with open(new, "r+b") as f:
+        f.write(back.read_bytes())
+        f.truncate()
+    (fifth,) = write_ccmp_like_series(incoming, datetime(2024, 1, 5), 1, nlat=4, nlon=8)
+    assert sorted(sync(True).added) == sorted([new.name, fifth.name])
+    files.append(fifth)
+    assert_same_values(refstore.open_dataset(config).load(), direct_read([*files[:3], new, fifth]))
     # A granule removed: the folder moves, it is listed, the granule is missing.
     files[0].unlink()
     assert sync(True).missing == (files[0].name,)

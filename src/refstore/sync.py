@@ -698,6 +698,8 @@ def _plan_listing(
     if head is not None and state and head.holds(state, time.time(), source.rescan_hours):  # type: ignore[attr-defined]
         return _plan_unlisted(source, ledger, fingerprint, meta, head)
     cache = ListingCache.from_json(ledger.get_meta(meta))
+    if head is not None and head.full_at == cache.full_at and head.count == len(cache.files):
+        cache.was_recent = set(head.recent)  # the same listing's: trusted() by set ops
     previous, full_at = cache.files, cache.full_at
     delta = trust_cache and bool(previous)
     changed = list(source.discover(cache=cache, changed_only=delta))  # type: ignore[call-arg]
