@@ -370,6 +370,19 @@ class Ledger:
         with self._tx():
             self.db.table("meta").upsert({"key": key, "value": value}, pk="key")
 
+    def set_metas(self, values: dict[str, str | None]) -> None:
+        """Store (or, for None, delete) several ``meta`` values in one transaction."""
+        with self._tx():
+            for key, value in values.items():
+                if value is None:
+                    self.conn.execute("delete from meta where key = ?", [key])
+                else:
+                    self.conn.execute(
+                        "insert into meta (key, value) values (?, ?) "
+                        "on conflict(key) do update set value = excluded.value",
+                        [key, value],
+                    )
+
     def high_water(self, source: str) -> str | None:
         """The newest revision date an incremental source reported (None: never synced).
 

@@ -692,6 +692,9 @@ def _plan_listing(
     """
     from refstore.sources.listing_cache import FolderHead, ListingCache
 
+    tree = _plan_tree(source, ledger, fingerprint, trust_cache=trust_cache)
+    if tree is not None:
+        return tree
     meta = f"listing:{source.url}"
     head = FolderHead.from_json(ledger.get_meta(meta + ":head")) if trust_cache else None
     state = source.folder_state() if head is not None else None  # type: ignore[attr-defined]
@@ -725,6 +728,54 @@ def _plan_listing(
 
     plan = plan_sync(listed, rows, complete=True, fingerprint=fingerprint)
     return len(present), rows, plan, remember
+
+
+def _plan_tree(
+    source: Source, ledger: Ledger, fingerprint: str, *, trust_cache: bool
+) -> tuple[int, dict[str, LedgerRow], SyncPlan, Callable[[], None]] | None:
+    """:func:`_plan_listing` for a glob across folders, listed folder by folder
+    (:mod:`refstore.sources.tree`): the plan reads the rows of what changed in the
+    folders that moved, and the unsettled ones. None for a flat folder."""
+    import json
+
+    from refstore.sources.tree import TreeState
+
+    meta = f"tree:{source.url}"
+
+    def files_of(folder: str) -> dict[str, tuple[int, str]]:
+        text = ledger.get_meta(f"{meta}:{folder}")
+        try:
+            return {k: (int(v[0]), str(v[1])) for k, v in json.loads(text or "{}").items()}
+        except (ValueError, TypeError, IndexError, AttributeError):
+            return {}  # unreadable: every file of the folder is stat'ed and compared
+
+    old = TreeState.from_json(ledger.get_meta(meta)) if trust_cache else TreeState()
+    listing = source.walk_tree(old, files_of)  # type: ignore[attr-defined]
+    if listing is None:
+        return None
+    changed = listing.changed
+    if old.folders:  # only what changed, and the unsettled rows
+        rows = ledger.unsettled(fingerprint, WAITING)
+        # Unsettled rows still there, at their current revision (not in a folder that moved).
+        again = source.restat(sorted(rows.keys() - changed.keys()))  # type: ignore[attr-defined]
+        rows |= ledger.rows_for(changed.keys() | listing.gone)
+        listed = {**changed, **again}
+    else:
+        rows, listed = ledger.rows(), changed
+    granules = [source.granule(k, v[1]) for k, v in sorted(listed.items())]  # type: ignore[attr-defined]
+
+    def remember() -> None:
+        values: dict[str, str | None] = {meta: listing.state.to_json()}
+        for folder, files in listing.files.items():
+            values[f"{meta}:{folder}"] = json.dumps(
+                {k: list(v) for k, v in files.items()}, separators=(",", ":")
+            )
+        for folder in listing.removed:
+            values[f"{meta}:{folder}"] = None
+        ledger.set_metas(values)
+
+    plan = plan_sync(granules, rows, complete=True, fingerprint=fingerprint)
+    return listing.count, rows, plan, remember
 
 
 def _plan_unlisted(

@@ -19,6 +19,7 @@ from refstore.errors import SourceError
 from refstore.models import Granule
 from refstore.sources.base import ContainerSpec
 from refstore.sources.listing_cache import ListingCache
+from refstore.sources.tree import TreeListing, TreeState, walk
 
 if TYPE_CHECKING:
     from refstore.config import Config
@@ -171,11 +172,15 @@ class LocalSource:
             inodes = {e.name: e.inode() for e in chosen if not e.is_symlink()}
             if not chosen:
                 warn_none_matched(str(root), sum(e.is_file() for e in names), pattern)
-        else:
-            paths = sorted(str(p) for p in root.glob(pattern, case_sensitive=False))
-            if not paths:
+        else:  # across folders: every file of a fresh walk (refstore.sources.tree)
+            listing = self.walk_tree(TreeState(), lambda _: {})
+            assert listing is not None
+            if not listing.changed:
                 total = sum(1 for p in root.rglob("*") if p.is_file())
                 warn_none_matched(str(root), total, pattern)
+            for key, (_, revision) in sorted(listing.changed.items()):
+                yield self.granule(key, revision)
+            return
         full = cache is None or cache.full_due(now, self.rescan_hours)
         seen: dict[str, tuple[int, str]] = {}
         recent: dict[str, tuple[int, str]] = {}  # changed within rescan_hours: see FolderHead
@@ -246,7 +251,7 @@ class LocalSource:
         out: dict[str, tuple[int, str]] = {}
         for key in keys:
             try:
-                st = os.stat(top + key, follow_symlinks=False)
+                st = os.stat(top + key)  # a symlink: its target
             except OSError:
                 continue
             if stat.S_ISREG(st.st_mode):
@@ -254,10 +259,31 @@ class LocalSource:
         return out
 
     def granule(self, key: str, revision: str) -> Granule:
-        """The granule of a plain file ``key`` (relative to :attr:`root`) listed with
-        ``revision``, built without touching the file system."""
+        """The granule of file ``key`` (relative to :attr:`root`) listed with
+        ``revision``: a plain file's URL is built without touching the file system, a
+        symlink's is its target's."""
+        path = os.path.join(self.root, key)
+        if os.path.islink(path):
+            return _granule(key, file_url(str(Path(path).resolve())), revision)
         base_uri = file_url(str(self.root.resolve())).rstrip("/") + "/"
         return _granule(key, base_uri + quote_from_bytes(os.fsencode(key), safe=URL_SAFE), revision)
+
+    def walk_tree(
+        self, old: TreeState, load_files: Callable[[str], dict[str, tuple[int, str]]]
+    ) -> TreeListing | None:
+        """A glob across folders listed folder by folder against ``old`` (see
+        :mod:`refstore.sources.tree`); None for a flat folder (``discover(cache=)``)."""
+        root, pattern = split_glob(self.url)
+        if pattern is None or "/" not in pattern:
+            return None
+        if not root.is_dir():
+            raise SourceError(
+                f"Source folder {root} does not exist.",
+                "Check [source] url in refstore.toml (relative paths start at its folder).",
+            )
+        return walk(
+            str(root), pattern, old, load_files, now=time.time(), rescan_hours=self.rescan_hours
+        )
 
     def registry(self) -> Any:
         """A registry that reads ``file://`` URLs with obstore's LocalStore."""
