@@ -6,6 +6,11 @@ Not run by CI (a 10,000-granule run writes 10,000 files and takes tens of minute
 
     python scripts/bench_scale.py --sizes 1000 2000           # what fits on a busy machine
     python scripts/bench_scale.py --sizes 1000 10000 100000   # the issue's sizes
+    python scripts/bench_scale.py --layout flat ...           # all in one folder
+
+``--layout nested`` (the default) files each granule under ``YYYY/DDD/`` as GES DISC
+publishes IMERG (``GPM_3IMERGHH.07/2024/001/``) and syncs ``source/**/*.nc``; ``flat``
+puts all of them in one folder (the listing's floor: docs/benchmarks.md).
 
 The backfill adds ``--batch`` granules per sync (one commit each, in process, imports
 warm) and records each commit's seconds, so "time per commit flat across batches" can be
@@ -80,15 +85,38 @@ def repo_bytes(config: Any) -> dict[str, Any]:
     }
 
 
-def checkpoint(config: Any, source: Path, spare: list[Path]) -> dict[str, Any]:
+def place(f: Path, source: Path, nested: bool) -> None:
+    """Link pool file ``f`` into the source: under ``YYYY/DDD/`` when ``nested``."""
+    if nested:
+        t = dt.datetime.strptime(f.stem.rsplit("_", 1)[-1], "%Y%m%dT%H%M")
+        folder = source / f"{t:%Y}" / f"{t:%j}"
+        folder.mkdir(parents=True, exist_ok=True)
+        os.link(f, folder / f.name)
+    else:
+        os.link(f, source / f.name)
+
+
+def settle(source: Path) -> None:
+    """Every source folder last changed a minute ago: as between two cron runs, and so
+    a listing can trust its folders' state (a folder that changed within
+    ``listing_cache.SETTLE`` s of a listing is listed again)."""
+    when = time.time() - 60
+    for p in [source, *(p for p in source.rglob("*") if p.is_dir())]:
+        os.utime(p, (when, when))
+
+
+def checkpoint(config: Any, source: Path, spare: list[Path], nested: bool) -> dict[str, Any]:
     from refstore.api import open_dataset, open_export
     from refstore.sync import sync
 
+    settle(source)
+    sync(config)  # the folders' states moved (settle): listed once more
     noop = [timed(lambda: sync(config))[0] for _ in range(REPEAT)]
     plus = []
     for _ in range(REPEAT):
-        f = spare.pop(0)
-        os.link(f, source / f.name)
+        settle(source)
+        sync(config)
+        place(spare.pop(0), source, nested)
         seconds, result = timed(lambda: sync(config))
         assert len(result.added) == 1, result
         plus.append({"seconds": seconds, **result.timings})
@@ -132,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--executor", default="auto", help="Backfill executor ([sync]).")
     parser.add_argument("--workers", type=int, help="Workers of a pool or local dask cluster.")
     parser.add_argument("--name", default="scale", help="JSON is <out>/latest-<name>.json.")
+    parser.add_argument("--layout", choices=("nested", "flat"), default="nested")
     args = parser.parse_args(argv)
     import icechunk
 
@@ -141,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     icechunk.set_logs_filter("error")
     sizes = sorted(args.sizes)
     work = args.work or args.out / "scale"
+    nested = args.layout == "nested"
     files = ensure_pool(work / "pool", sizes[-1] + REPEAT * len(sizes) + 1)
     source, state = work / "source", work / "state"
     for folder in (source, state):
@@ -150,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         None,
         overrides={
             "concat_dim": "time",
-            "source_url": str(source),
+            "source_url": str(source / "**" / "*.nc") if nested else str(source),
             "repo": str(state / "repo"),
             "ledger": str(state / "ledger.db"),
             "export": str(state / "export" / "refs.parquet"),
@@ -168,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         while held < size:
             chunk = [queue.pop(0) for _ in range(min(args.batch, size - held))]
             for f in chunk:
-                os.link(f, source / f.name)
+                place(f, source, nested)
             seconds, result = timed(lambda: sync(config))
             held += len(result.added)
             commits.append(
@@ -187,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f" MiB, load {os.getloadavg()[0]:.1f})"
             )
         log(f"checkpoint at {held}")
-        points[held] = checkpoint(config, source, queue)
+        points[held] = checkpoint(config, source, queue, nested)
         held += REPEAT
     ns = list(points)
     keys = ("noop_s", "add_one_s", "open_icechunk_s", "open_parquet_s", "manifest_bytes")
@@ -199,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "sizes": sizes,
         "batch": args.batch,
+        "layout": args.layout,
         "commits": commits,
         "checkpoints": points,
         "last_vs_first_commit": round(last / first, 3) if first else None,

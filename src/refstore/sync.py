@@ -762,7 +762,7 @@ def _plan_tree(
         listed = {**changed, **again}
     else:
         rows, listed = ledger.rows(), changed
-    granules = [source.granule(k, v[1]) for k, v in sorted(listed.items())]  # type: ignore[attr-defined]
+    granules = source.granules((k, v[1]) for k, v in sorted(listed.items()))  # type: ignore[attr-defined]
 
     def remember() -> None:
         values: dict[str, str | None] = {meta: listing.state.to_json()}

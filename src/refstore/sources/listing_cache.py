@@ -77,12 +77,17 @@ class ListingCache:
         without a ``stat``: the rule of :meth:`revision`, for a whole folder at once."""
         files = self.files
         if self.was_recent is not None:
-            # Same name and inode (pairs compared as sets, in C), and not changed within
-            # rescan_hours at the last listing (so not since: its mtime is older still).
-            # ~0.01 s rather than ~0.1 s at 100,000 files.
-            inodes = dict(zip(files, (v[0] for v in files.values()), strict=True))
-            same = {k for k, _ in listed.items() & inodes.items()} - self.was_recent
-            return {k: files[k] for k in same}
+            # Same name and inode, and not changed within rescan_hours at the last listing
+            # (so not since: its mtime is older still). One comprehension, no tuple per
+            # file: 0.02 s at 100,000 files, where parsing each mtime took 0.1 s and set
+            # operations on (name, inode) pairs 0.15 s (the garbage collector, woken by
+            # 200,000 new tuples, walking the cache's own).
+            recent = self.was_recent
+            return {
+                k: known
+                for k, inode in listed.items()
+                if (known := files.get(k)) is not None and known[0] == inode and k not in recent
+            }
         cutoff_ns = (now - rescan_hours * 3600) * 1e9
         return {
             key: known

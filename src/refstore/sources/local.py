@@ -178,8 +178,7 @@ class LocalSource:
             if not listing.changed:
                 total = sum(1 for p in root.rglob("*") if p.is_file())
                 warn_none_matched(str(root), total, pattern)
-            for key, (_, revision) in sorted(listing.changed.items()):
-                yield self.granule(key, revision)
+            yield from self.granules((k, v[1]) for k, v in sorted(listing.changed.items()))
             return
         full = cache is None or cache.full_due(now, self.rescan_hours)
         seen: dict[str, tuple[int, str]] = {}
@@ -262,11 +261,22 @@ class LocalSource:
         """The granule of file ``key`` (relative to :attr:`root`) listed with
         ``revision``: a plain file's URL is built without touching the file system, a
         symlink's is its target's."""
-        path = os.path.join(self.root, key)
-        if os.path.islink(path):
-            return _granule(key, file_url(str(Path(path).resolve())), revision)
-        base_uri = file_url(str(self.root.resolve())).rstrip("/") + "/"
-        return _granule(key, base_uri + quote_from_bytes(os.fsencode(key), safe=URL_SAFE), revision)
+        return self.granules([(key, revision)])[0]
+
+    def granules(self, listed: Iterable[tuple[str, str]]) -> list[Granule]:
+        """:meth:`granule` of each ``(key, revision)`` (the folder resolved once)."""
+        root = self.root
+        base_uri = file_url(str(root.resolve())).rstrip("/") + "/"
+        out = []
+        for key, revision in listed:
+            path = os.path.join(root, key)
+            url = (
+                file_url(str(Path(path).resolve()))
+                if os.path.islink(path)
+                else base_uri + quote_from_bytes(os.fsencode(key), safe=URL_SAFE)
+            )
+            out.append(_granule(key, url, revision))
+        return out
 
     def walk_tree(
         self, old: TreeState, load_files: Callable[[str], dict[str, tuple[int, str]]]
