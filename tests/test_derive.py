@@ -2,14 +2,16 @@
 first of its kind costs 1 request (the sidecar) and 0 bytes of the granule.
 
 The rules are pure (:mod:`refstore.derive`); the end-to-end tests sync the real GAMSSA
-pair from the loopback Range HTTP server with sidecars from the DMR++ writer fixture, and
-count what the server sent.
+pair, copies of the real GPM IMERG subset renamed and moved to other half hours, and
+copies of a real RSS SSMIS day moved to other days, from the loopback Range HTTP server
+with sidecars from the DMR++ writer fixture, and count what the server sent.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,11 @@ from tests.remote_env import write_config
 from tests.servers import RangeHTTPServer
 
 GAMSSA = sorted((GRANULES / "gamssa").glob("*.nc"))
+# The real IMERG subset: Grid/time = 2020-01-01T12:00 (julian calendar), its FileHeader
+# names 3B-HHR.MS.MRG.3IMERG.20200101-S120000-E122959.0720.V06B.HDF5.
+IMERG = GRANULES / "imerg" / "GPM_3IMERGHH_bounds.nc4"
+IMERG_TIME = {"units": "seconds since 1970-01-01 00:00:00 UTC", "calendar": "julian"}
+RSS = sorted((GRANULES / "rssmif16d").glob("*.nc"))
 # The real attributes of the GAMSSA, MUR25 and RSS SSMIS granules in tests/data.
 GAMSSA_ATTRS = {
     "start_time": "20241011T000000Z",
@@ -72,6 +79,40 @@ def test_rss_pass_index_repeats_under_each_days_units_and_never_under_the_same_u
     assert raw is None and problem is not None and "units" in problem
 
 
+def _imerg_name(start: datetime) -> str:
+    end = start + timedelta(minutes=29, seconds=59)
+    minutes = start.hour * 60 + start.minute
+    return f"3B-HHR.MS.MRG.3IMERG.{start:%Y%m%d-S%H%M%S}-E{end:%H%M%S}.{minutes:04d}.V06B.HDF5"
+
+
+def test_imerg_time_is_the_start_in_its_file_name_in_its_julian_calendar() -> None:
+    noon = datetime(2020, 1, 1, 12)
+    # No time among the Grid group's attributes: the file name holds it.
+    rule = learn(np.array([1577880000], "i4"), {"GridHeader": "..."}, IMERG_TIME, _imerg_name(noon))
+    assert rule == Rule("name", ("%Y%m%d-S%H%M%S",), (0,))
+    later = _imerg_name(noon + timedelta(hours=2, minutes=30))
+    raw, problem = apply(rule, {}, IMERG_TIME, np.dtype("i4"), 1, later)
+    assert problem is None and raw.dtype == np.dtype("i4") and raw.tolist() == [1577889000]
+    # A name without that date-time places nothing.
+    raw, problem = apply(rule, {}, IMERG_TIME, np.dtype("i4"), 1, "GPM_3IMERGHH_bounds.nc4")
+    assert raw is None and problem is not None and "does not match" in problem
+    # The end of the half hour (E122959) is not the time: no rule from the name's end.
+    assert learn(np.array([1577881799], "i4"), {}, IMERG_TIME, _imerg_name(noon)) != Rule(
+        "name", ("%Y%m%d-S%H%M%S",), (0,)
+    )
+
+
+def test_an_uncompressed_coordinate_is_a_grid_only_if_every_value_is_on_it() -> None:
+    lat = np.arange(-89.875, 90, 0.25, dtype="f4")  # RSS SSMIS latitude
+    assert derive.regular_grid(lat)
+    assert derive.regular_grid(np.arange(-179.95, 180, 0.1).astype("f4"))  # within one ulp
+    nudged = lat.copy()
+    nudged[300] = np.nextafter(np.nextafter(nudged[300], np.float32(90)), np.float32(90))
+    assert not derive.regular_grid(nudged)  # two ulps off: data, not a formula
+    assert not derive.regular_grid(np.array([0, 1, 3], "i2"))
+    assert not derive.regular_grid(np.array([1.0, 2.0, np.nan], "f4"))
+
+
 def test_a_value_the_units_cannot_hold_exactly_or_a_changed_length_is_not_derived() -> None:
     rule = learn(np.array([1381492800], SECONDS), GAMSSA_ATTRS, GAMSSA_TIME)
     assert rule is not None
@@ -107,8 +148,17 @@ def test_two_days_describe_alike_unless_a_compressed_length_differs_and_raw_grid
     # Another compressed size of lat's chunk: another grid may hide there, so read it.
     longer = _described(GAMSSA[1], lambda t: t.replace('nBytes="823"', 'nBytes="824"', 1))
     assert longer is not None and derive.key(longer) != derive.key(day1)
-    # RSS SSMIS keeps lat/lon uncompressed: any grid of that shape has the same lengths.
-    assert _described(sorted((GRANULES / "rssmif16d").glob("*.nc"))[0]) is None
+
+
+def test_an_uncompressed_grid_is_described_by_where_it_lies_too() -> None:
+    # RSS SSMIS keeps lat/lon uncompressed: any grid of that shape has the same lengths,
+    # so where they lie is part of the description; files a year apart differ by 16 B.
+    day1, year_later = (_described(f) for f in RSS)
+    assert day1 is not None and year_later is not None
+    assert day1["latitude"]["raw_at"] == [("0", 106792, 2880)]
+    assert derive.key(day1) != derive.key(year_later)
+    moved = _described(RSS[0], lambda t: t.replace('offset="106792"', 'offset="106800"', 1))
+    assert moved is not None and derive.key(moved) != derive.key(day1)
 
 
 # -- end to end: the loopback server counts what the granules cost ------------------------------
@@ -122,9 +172,12 @@ def _daac(tmp_path: Path, edit_day2: Any = None) -> Path:
     return served
 
 
-def _config(folder: Path, urls: list[str]) -> Any:
+def _config(folder: Path, urls: list[str], group: str = "") -> Any:
     (folder / "granules.txt").write_text("".join(u + "\n" for u in urls))
-    write_config(folder, {"source": {"urls_file": "granules.txt"}, "sync": {"executor": "serial"}})
+    sections = {"source": {"urls_file": "granules.txt"}, "sync": {"executor": "serial"}}
+    if group:
+        sections["dataset"] = {"concat_dim": "time", "group": group}
+    write_config(folder, sections)
     return load_config(folder / "refstore.toml", environ={})
 
 
@@ -293,3 +346,111 @@ def test_the_ledger_keeps_a_known_derivation_until_a_confirmed_one_or_a_contradi
     shown = Proof("k", same, {}, "day3", confirmed=True)
     assert _learn_proofs(proofs, [result(shown)]) and proofs["k"] == shown.to_json()
     assert _learn_proofs(proofs, [result(None, disproved="k")]) and proofs == {}
+
+
+# -- GPM IMERG: time from the file name; RSS SSMIS: an uncompressed regular grid ---------------
+def _imerg_granule(folder: Path, start: datetime, time: datetime | None = None) -> Path:
+    """The real IMERG subset under the name of the half hour from ``start``, its time and
+    bounds moved there (or to ``time``: a name that says another half hour)."""
+    import h5py
+
+    path = folder / _imerg_name(start)
+    shutil.copy(IMERG, path)
+    seconds = int(((time or start) - datetime(1970, 1, 1)).total_seconds())
+    with h5py.File(path, "r+") as f:
+        f["Grid/time"][0] = seconds
+        f["Grid/time_bnds"][0] = [seconds, seconds + 1800]
+    write_dmrpp(path, "Grid")
+    return path
+
+
+@pytest.mark.usefixtures("unsampled")
+def test_imerg_after_the_first_half_hour_costs_its_sidecar_alone(tmp_path: Path) -> None:
+    served = tmp_path / "daac"
+    served.mkdir()
+    noon = datetime(2020, 1, 1, 12)
+    files = [_imerg_granule(served, noon + timedelta(minutes=30 * i)) for i in range(3)]
+    with RangeHTTPServer(served) as srv:
+        config = _config(tmp_path, [srv.url_for(f.name) for f in files], group="Grid")
+        result = refstore.sync(config)
+        assert len(result.added) == 3 and not result.quarantined
+        assert srv.stats(files[0].name).bytes_sent > 0  # the first proves the rule
+        for f in files[1:]:
+            assert (srv.stats(f.name).gets, srv.stats(f.name).bytes_sent) == (0, 0), f.name
+            assert srv.stats(f.name + ".dmrpp").gets == 1
+        expected = direct_read(files, group="Grid")
+        assert_same_values(refstore.open_dataset(config).load(), expected)
+        assert_same_values(refstore.open_dataset(config, source="export").load(), expected)
+
+
+@pytest.mark.usefixtures("unsampled")
+def test_an_imerg_file_named_for_another_half_hour_is_named_by_verify(tmp_path: Path) -> None:
+    served = tmp_path / "daac"
+    served.mkdir()
+    noon = datetime(2020, 1, 1, 12)
+    first = _imerg_granule(served, noon)
+    # Named 12:30, holding 13:00: placed at 12:30 from its name, its data says 13:00.
+    liar = _imerg_granule(served, noon + timedelta(minutes=30), noon + timedelta(hours=1))
+    with RangeHTTPServer(served) as srv:
+        config = _config(tmp_path, [srv.url_for(f.name) for f in (first, liar)], group="Grid")
+        refstore.sync(config)
+        assert srv.stats(liar.name).bytes_sent == 0
+        report = verify(config, sample=1, seed=0)
+    assert not report.ok
+    assert any(liar.name in m and "time" in m for m in report.mismatches), report.mismatches
+
+
+def _rss_granule(folder: Path, day: date, nudge: bool = False) -> Path:
+    """A copy of the real RSS SSMIS day of 2020-01-02 moved to ``day``: its time units
+    and begin/end attributes say that day (same lengths: lat/lon stay where they lie);
+    ``nudge`` moves one latitude by two ulps (not a regular grid any more)."""
+    import h5py
+
+    path = folder / f"f16_ssmis_{day:%Y%m%d}v7.nc"
+    shutil.copy(RSS[0], path)
+    with h5py.File(path, "r+") as f:
+        f["time"].attrs.modify("units", np.bytes_(f"hours since {day:%Y-%m-%d}T00:00:00Z"))
+        f.attrs.modify("begin_time", np.bytes_(f"{day:%Y-%m-%d}T00:00:00Z"))
+        f.attrs.modify("end_time", np.bytes_(f"{day:%Y-%m-%d}T23:59:59Z"))
+        if nudge:
+            lat = f["latitude"]
+            lat[300] = np.nextafter(np.nextafter(lat[300], np.float32(90)), np.float32(90))
+    write_dmrpp(path)
+    return path
+
+
+@pytest.mark.usefixtures("unsampled")
+@pytest.mark.parametrize("nudge", [False, True], ids=["regular", "irregular-lat"])
+def test_rss_uncompressed_lat_lon_are_derived_only_from_a_regular_grid(
+    tmp_path: Path, nudge: bool
+) -> None:
+    served = tmp_path / "daac"
+    served.mkdir()
+    days = [date(2020, 1, 2) + timedelta(days=i) for i in range(3)]
+    files = [_rss_granule(served, d, nudge) for d in days]
+    with RangeHTTPServer(served) as srv:
+        config = _config(tmp_path, [srv.url_for(f.name) for f in files[:2]])
+        assert len(refstore.sync(config).added) == 2
+        # Days 1 and 2 read (repeated raw times are applied once a second day showed
+        # them); day 3 costs its sidecar alone, unless its latitude is no regular grid.
+        assert all(srv.stats(f.name).bytes_sent > 0 for f in files[:2])
+        with (tmp_path / "granules.txt").open("a") as out:
+            out.write(srv.url_for(files[2].name) + "\n")
+        assert len(refstore.sync(config).added) == 1
+        third = srv.stats(files[2].name)
+        assert (third.bytes_sent > 0) is nudge, third
+        assert srv.stats(files[2].name + ".dmrpp").gets == 1
+        _same_in_a_window(config, files)
+
+
+def _same_in_a_window(config: Any, files: list[Path]) -> None:
+    """The store and its export hold what the files hold: coordinates whole, the data
+    variables in one chunk's window (every chunk is one loopback request, 128 per
+    variable and granule: the whole would take minutes)."""
+    expected = direct_read(files)
+    window = {"latitude": slice(360, 450), "longitude": slice(0, 90)}  # Gulf of Guinea, land
+    for source in ("repo", "export"):
+        got = refstore.open_dataset(config, source=source)
+        data = list(expected.data_vars)
+        assert_same_values(got.drop_vars(data).load(), expected.drop_vars(data))
+        assert_same_values(got.isel(window).load(), expected.isel(window))

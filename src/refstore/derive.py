@@ -7,18 +7,29 @@ later granules skip that read when the first one *proved* where the values come 
 - **the concat coordinate** follows a :class:`Rule` learnt from the real values of the
   first sidecar-built granule of its kind: its first step is a global attribute
   (``start_time``), or the midpoint of a start/end pair (``time_coverage_start`` ..
-  ``time_coverage_end``), later steps at the learnt offsets; or its raw values repeat and
-  only the sidecar's ``units`` move (RSS SSMIS: ``[1, 2] hours since <the day>``). A rule
-  is kept only if it reproduces the real raw values exactly (dtype included), encoded in
-  the sidecar's own ``units``/``calendar``/dtype;
+  ``time_coverage_end``), or a date-time in the granule's file name (GPM IMERG:
+  ``20051022-S000000``, the start of its half hour; its ``Grid`` attributes hold no
+  time), later steps at the learnt offsets; or its raw values repeat and only the
+  sidecar's ``units`` move (RSS SSMIS: ``[1, 2] hours since <the day>``). A rule is kept
+  only if it reproduces the real raw values exactly (dtype included), encoded in the
+  sidecar's own ``units``/``calendar``/dtype (a non-standard calendar, IMERG's
+  ``julian``, as the calendar date the file says);
 - **the other loaded variables** (lat, lon, crs: written once, compared on later
   granules) take the proved granule's values when the sidecar describes them exactly as
-  it did (shape, dtype, codecs, fill value, attributes *and* compressed chunk lengths;
-  an uncompressed array is always read, its length says nothing):
+  it did (shape, dtype, codecs, fill value, attributes *and* compressed chunk lengths):
   :func:`describe` is that description, and its hash (:func:`key`) names the proof.
+- **an uncompressed array** says nothing by its length (any grid of that shape has it).
+  A 1-D one (RSS SSMIS lat/lon) is derived only when the proved values form an exact
+  regular grid (:func:`regular_grid`: each value ``first + i * step`` in its own dtype,
+  as a producer writes a fixed grid from a formula) and the sidecar places it at the
+  *same offset* with the same length, attributes and fill value (the file laid out
+  alike up to there: RSS SSMIS files of one processing version; a changed attribute a
+  year apart moves it by 16 bytes, and that granule proves anew). Anything else
+  uncompressed (2-D, irregular, a moved offset) is read.
 
-What this does not prove: that equal chunk references hold equal bytes, or that a later
-granule's attribute still says what its coordinate holds. :func:`sampled` picks about
+What this does not prove: that equal chunk references hold equal bytes (for an
+uncompressed grid: that the same place holds the same grid), or that a later granule's
+attribute or file name still says what its coordinate holds. :func:`sampled` picks about
 one granule in :data:`CHECK_EVERY` whose values are read anyway and compared with the
 rule (a mismatch drops the proof); ``refstore verify`` compares the coordinate of every
 step it samples with the file. No I/O here: the rules are pure, and the helpers at the end
@@ -48,8 +59,10 @@ __all__ = [
     "check_or_learn",
     "derived_values",
     "describe",
+    "file_name",
     "key",
     "learn",
+    "regular_grid",
     "sampled",
     "values_store",
 ]
@@ -72,6 +85,19 @@ _PAIRS = (
     ("begin_time", "end_time"),
     ("RangeBeginningDateTime", "RangeEndingDateTime"),
 )
+# Date-times tried in the file name, most specific first: a day alone also matches a
+# start at midnight, and would place every later half hour of the day at midnight.
+_NAME_PATTERNS = (
+    "%Y%m%d-S%H%M%S",  # GPM IMERG: the start of the interval ...
+    "%Y%m%d-E%H%M%S",  # ... or its end
+    "%Y%m%dT%H%M%S",
+    "%Y%m%d%H%M%S",  # GHRSST
+    "%Y%m%dT%H%M",
+    "%Y%m%d%H%M",
+    "%Y%m%d",
+    "%Y-%m-%d",
+    "%Y%j",
+)
 _MOVING = ("units",)  # the concat coordinate's attributes a rule reads, not compares
 
 
@@ -80,9 +106,10 @@ class Rule:
     """How a granule's concat coordinate follows from its sidecar's attributes.
 
     ``kind``: ``"attr"`` (first step = global attribute ``names[0]``), ``"mid"`` (first
-    step = midpoint of ``names[0]`` and ``names[1]``), ``"same"`` (raw values ``raw``,
-    decoded with the sidecar's own units). ``steps_ns``: each step's offset from the
-    first, in nanoseconds (``"attr"``/``"mid"``).
+    step = midpoint of ``names[0]`` and ``names[1]``), ``"name"`` (first step = the
+    date-time the file name holds under the strptime pattern ``names[0]``), ``"same"``
+    (raw values ``raw``, decoded with the sidecar's own units). ``steps_ns``: each step's
+    offset from the first, in nanoseconds (``"attr"``/``"mid"``/``"name"``).
     """
 
     kind: str
@@ -96,6 +123,8 @@ class Rule:
             return f"{self.names[0]} (global attribute)"
         if self.kind == "mid":
             return f"midpoint of {self.names[0]} and {self.names[1]}"
+        if self.kind == "name":
+            return f"date-time {self.names[0]} in the file name"
         return f"raw values {list(self.raw)} in the sidecar's units"
 
 
@@ -165,6 +194,32 @@ def sampled(granule_key: str) -> bool:
     return int(digest[:8], 16) % CHECK_EVERY == 0
 
 
+def file_name(url: str) -> str:
+    """The file name at the end of ``url`` (what a ``"name"`` rule reads)."""
+    from urllib.parse import unquote, urlsplit
+
+    return unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+
+
+def regular_grid(values: Any) -> bool:
+    """Whether ``values`` are a regular grid: 1-D, at least 3 finite values, each
+    ``first + i * step`` (integers exactly; floats to within one unit in the last place
+    of their dtype, as a grid computed in double and stored in single precision is).
+    What an uncompressed coordinate must be to be derived: a fixed grid written from a
+    formula, not data. The values derived are the proved ones, never the formula's."""
+    a = np.asarray(values)
+    if a.ndim != 1 or a.size < 3 or a.dtype.kind not in "iuf" or not np.isfinite(a).all():
+        return False
+    first, last = a[0].item(), a[-1].item()
+    if first == last:
+        return False
+    if a.dtype.kind in "iu":
+        return bool((np.diff(a.astype(np.int64)) == a[1].item() - first).all())
+    grid = first + (last - first) / (a.size - 1) * np.arange(a.size, dtype=np.float64)
+    ulp = np.spacing(np.abs(a)).astype(np.float64)
+    return bool((np.abs(a.astype(np.float64) - grid) <= ulp).all())
+
+
 # -- the sidecar's description of the loaded variables ----------------------------------------
 def describe(group: Any, loadable: Sequence[str], concat_dim: str) -> dict[str, Any] | None:
     """What the sidecar (a ``ManifestGroup``) says about the loaded variables; None if
@@ -194,11 +249,23 @@ def describe(group: Any, loadable: Sequence[str], concat_dim: str) -> dict[str, 
             entry["attrs"] = attrs
             # Compressed lengths, not offsets: where a chunk lies says nothing of what it
             # holds (RSS SSMIS moves lat/lon by a few bytes of attributes a year apart).
-            entry["lengths"] = sorted((k, int(e["length"])) for k, e in arr.manifest.dict().items())
-            if len(meta.codecs) < 2 and meta.shape:  # raw bytes: any grid has these lengths
-                return None
+            chunks = arr.manifest.dict().items()
+            entry["lengths"] = sorted((k, int(e["length"])) for k, e in chunks)
+            if _raw(meta):
+                # Raw bytes: any grid of this shape has these lengths. A 1-D one is
+                # described by where it lies too, and derived only from a regular grid
+                # (check_or_learn); anything else uncompressed is read.
+                if len(meta.shape) != 1:
+                    return None
+                entry["raw_at"] = sorted((k, int(e["offset"]), int(e["length"])) for k, e in chunks)
         out[name] = entry
     return out if concat_dim in out else None
+
+
+def _raw(meta: Any) -> bool:
+    """Whether an array's chunks are its raw bytes (no codec but the byte order) and it
+    is not a scalar: its lengths hold for any values of its shape."""
+    return len(meta.codecs) < 2 and bool(meta.shape)
 
 
 def key(description: Mapping[str, Any]) -> str:
@@ -232,10 +299,24 @@ def _is_time(var_attrs: Mapping[str, Any]) -> bool:
 
 
 def _decode(raw: Any, var_attrs: Mapping[str, Any]) -> Any:
+    """``raw`` decoded, as int64 ns since 1970; a non-standard calendar's dates (cftime,
+    IMERG's ``julian``) as the calendar date and time they say."""
     from xarray.coding.times import decode_cf_datetime
 
     values = decode_cf_datetime(np.asarray(raw), str(var_attrs["units"]), var_attrs.get("calendar"))
-    return np.asarray(values).astype("datetime64[ns]").astype(np.int64)
+    values = np.asarray(values)
+    if values.dtype == object:
+        values = np.array([_said(v) for v in values.ravel()]).reshape(values.shape)
+    return values.astype("datetime64[ns]").astype(np.int64)
+
+
+def _said(moment: Any) -> np.datetime64:
+    """A cftime date as the date and time it says (a value xarray cannot encode back
+    exactly is refused by :func:`_encode`'s round trip)."""
+    whole = datetime(
+        moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second
+    )
+    return np.datetime64(whole, "ns") + np.timedelta64(int(moment.microsecond), "us")
 
 
 def _encode(ns: Any, var_attrs: Mapping[str, Any], dtype: Any) -> tuple[Any, str | None]:
@@ -259,7 +340,14 @@ def _encode(ns: Any, var_attrs: Mapping[str, Any], dtype: Any) -> tuple[Any, str
     return raw, None
 
 
-def _anchor(rule: Rule, attrs: Mapping[str, Any]) -> tuple[int | None, str | None]:
+def _anchor(rule: Rule, attrs: Mapping[str, Any], name: str) -> tuple[int | None, str | None]:
+    if rule.kind == "name":
+        from refstore.concat_from import value_from_name
+
+        moment, problem = value_from_name(name, rule.names[0])
+        if moment is None:
+            return None, f"{name!r}: {problem}"
+        return int(moment.astype("datetime64[ns]").astype(np.int64)), None
     if rule.kind == "attr":
         at = _instant(attrs, rule.names[0])
         return at, None if at is not None else f"no date-time in attribute {rule.names[0]}"
@@ -277,10 +365,11 @@ def apply(
     var_attrs: Mapping[str, Any],
     dtype: Any,
     length: int,
+    name: str = "",
 ) -> tuple[Any, str | None]:
     """The raw coordinate values ``rule`` gives for a granule whose sidecar has these
-    attributes and a coordinate of ``length`` steps stored as ``dtype``: (values, None),
-    or (None, why not)."""
+    attributes and a coordinate of ``length`` steps stored as ``dtype``, and whose file
+    is called ``name`` (:func:`file_name`): (values, None), or (None, why not)."""
     steps = len(rule.raw) if rule.kind == "same" else len(rule.steps_ns)
     if length != steps:
         return None, f"{length} steps in the sidecar, the rule has {steps}"
@@ -290,21 +379,23 @@ def apply(
         if var_attrs.get("units") == rule.names[0]:  # the same instants again: a duplicate
             return None, f"units {rule.names[0]!r} as on the granule the rule was proved on"
         return np.asarray(rule.raw).astype(dtype), None
-    first, problem = _anchor(rule, global_attrs)
+    first, problem = _anchor(rule, global_attrs, name)
     if first is None:
         return None, problem
     return _encode(first + np.asarray(rule.steps_ns, dtype=np.int64), var_attrs, dtype)
 
 
-def _reproduces(rule: Rule, raw: Any, global_attrs: Any, var_attrs: Any) -> bool:
-    got, _ = apply(rule, global_attrs, var_attrs, raw.dtype, raw.size)
+def _reproduces(rule: Rule, raw: Any, global_attrs: Any, var_attrs: Any, name: str) -> bool:
+    got, _ = apply(rule, global_attrs, var_attrs, raw.dtype, raw.size, name)
     return got is not None and got.dtype == raw.dtype and bool(np.array_equal(got, raw))
 
 
-def learn(raw: Any, global_attrs: Mapping[str, Any], var_attrs: Mapping[str, Any]) -> Rule | None:
+def learn(
+    raw: Any, global_attrs: Mapping[str, Any], var_attrs: Mapping[str, Any], name: str = ""
+) -> Rule | None:
     """The first rule that gives exactly ``raw`` (the coordinate's real raw values) from
-    these attributes, preferring a global attribute, then a midpoint, then repeated raw
-    values; None if none does."""
+    these attributes and the file name ``name``, preferring a global attribute, then a
+    midpoint, then a date-time in the name, then repeated raw values; None if none does."""
     raw = np.asarray(raw)
     if raw.ndim != 1 or raw.size == 0 or raw.dtype.kind not in "iuf":
         return None
@@ -322,29 +413,34 @@ def learn(raw: Any, global_attrs: Mapping[str, Any], var_attrs: Mapping[str, Any
             candidates += [
                 Rule("mid", p, steps) for p in _PAIRS if all(n in global_attrs for n in p)
             ]
+            candidates += [Rule("name", (p,), steps) for p in _NAME_PATTERNS if name]
         # Raw values that repeat under each granule's own epoch (RSS SSMIS: [1, 2] hours
         # since the day); applied only where the units moved (refstore.derive.apply).
         units = str(var_attrs["units"])
         candidates.append(Rule("same", (units,), raw=tuple(v.item() for v in raw)))
     return next(
-        (r for r in candidates if r.kind == "same" or _reproduces(r, raw, global_attrs, var_attrs)),
+        (
+            r
+            for r in candidates
+            if r.kind == "same" or _reproduces(r, raw, global_attrs, var_attrs, name)
+        ),
         None,
     )
 
 
 # -- wiring on a sidecar's ManifestGroup (used by refstore.virtualize) ----------------------
 def derived_values(
-    proof: Proof, group: Any, dim: str, names: tuple[str, ...]
+    proof: Proof, group: Any, dim: str, names: tuple[str, ...], url: str
 ) -> dict[str, Any] | None:
-    """The raw values of the loaded variables ``names`` from ``proof`` for this sidecar;
-    None if its rule does not apply (the granule's values are then read)."""
+    """The raw values of the loaded variables ``names`` from ``proof`` for this sidecar
+    of the granule at ``url``; None if its rule does not apply (the granule's values are
+    then read)."""
     if set(proof.loaded) | {dim} != set(names):
         return None
     coord = group.arrays[dim].metadata
     dtype = np.dtype(coord.data_type.to_native_dtype())
-    raw, _ = apply(
-        proof.rule, group.metadata.attributes, coord.attributes, dtype, int(coord.shape[0])
-    )
+    attrs, length = group.metadata.attributes, int(coord.shape[0])
+    raw, _ = apply(proof.rule, attrs, coord.attributes, dtype, length, file_name(url))
     return None if raw is None else {**proof.loaded, dim: raw}
 
 
@@ -378,7 +474,8 @@ def check_or_learn(
             )
             return replace(vg, disproved=proof.key, note=note)
     # No proof for this sidecar yet, or its rule does not apply here: learn one.
-    rule = learn(raw, group.metadata.attributes, group.arrays[dim].metadata.attributes)
+    coord_attrs = group.arrays[dim].metadata.attributes
+    rule = learn(raw, group.metadata.attributes, coord_attrs, file_name(vg.granule.url))
     if rule is None:
         return vg
     loaded = {
@@ -386,6 +483,9 @@ def check_or_learn(
         for n, v in vg.dataset.variables.items()
         if n != dim and n in group.arrays and not hasattr(v.data, "manifest")
     }
+    # An uncompressed array is derived only from a regular grid (see describe).
+    if not all(regular_grid(v) for n, v in loaded.items() if _raw(group.arrays[n].metadata)):
+        return vg
     made = Proof(proof_key, rule, loaded, vg.granule.key, confirmed=rule.kind != "same")
     return replace(vg, proof=made.to_json())
 
