@@ -96,6 +96,14 @@ def test_imerg_time_is_the_start_in_its_file_name_in_its_julian_calendar() -> No
     # A name without that date-time places nothing.
     raw, problem = apply(rule, {}, IMERG_TIME, np.dtype("i4"), 1, "GPM_3IMERGHH_bounds.nc4")
     assert raw is None and problem is not None and "does not match" in problem
+    # The first half hour of a day: its day alone (midnight) reproduces it too, and would
+    # place every later half hour of the day at midnight.
+    midnight = datetime(2020, 1, 1)
+    rule = learn(np.array([1577836800], "i4"), {}, IMERG_TIME, _imerg_name(midnight))
+    later = _imerg_name(midnight + timedelta(minutes=30))
+    assert rule is not None and apply(rule, {}, IMERG_TIME, "i4", 1, later)[0].tolist() == [
+        1577836800 + 1800
+    ]
     # The end of the half hour (E122959) is not the time: no rule from the name's end.
     assert learn(np.array([1577881799], "i4"), {}, IMERG_TIME, _imerg_name(noon)) != Rule(
         "name", ("%Y%m%d-S%H%M%S",), (0,)

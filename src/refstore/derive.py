@@ -300,23 +300,11 @@ def _is_time(var_attrs: Mapping[str, Any]) -> bool:
 
 def _decode(raw: Any, var_attrs: Mapping[str, Any]) -> Any:
     """``raw`` decoded, as int64 ns since 1970; a non-standard calendar's dates (cftime,
-    IMERG's ``julian``) as the calendar date and time they say."""
+    IMERG's ``julian``) as the calendar date and time they say (numpy converts them so)."""
     from xarray.coding.times import decode_cf_datetime
 
     values = decode_cf_datetime(np.asarray(raw), str(var_attrs["units"]), var_attrs.get("calendar"))
-    values = np.asarray(values)
-    if values.dtype == object:
-        values = np.array([_said(v) for v in values.ravel()]).reshape(values.shape)
-    return values.astype("datetime64[ns]").astype(np.int64)
-
-
-def _said(moment: Any) -> np.datetime64:
-    """A cftime date as the date and time it says (a value xarray cannot encode back
-    exactly is refused by :func:`_encode`'s round trip)."""
-    whole = datetime(
-        moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second
-    )
-    return np.datetime64(whole, "ns") + np.timedelta64(int(moment.microsecond), "us")
+    return np.asarray(values).astype("datetime64[ns]").astype(np.int64)
 
 
 def _encode(ns: Any, var_attrs: Mapping[str, Any], dtype: Any) -> tuple[Any, str | None]:
