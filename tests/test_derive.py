@@ -437,14 +437,12 @@ def test_rss_uncompressed_lat_lon_are_derived_only_from_a_regular_grid(
     days = [date(2020, 1, 2) + timedelta(days=i) for i in range(3)]
     files = [_rss_granule(served, d, nudge) for d in days]
     with RangeHTTPServer(served) as srv:
-        config = _config(tmp_path, [srv.url_for(f.name) for f in files[:2]])
-        assert len(refstore.sync(config).added) == 2
-        # Days 1 and 2 read (repeated raw times are applied once a second day showed
-        # them); day 3 costs its sidecar alone, unless its latitude is no regular grid.
+        config = _config(tmp_path, [srv.url_for(f.name) for f in files])
+        assert len(refstore.sync(config).added) == 3
+        # Days 1 and 2 read, each alone (repeated raw times are applied once a second
+        # day showed them): in the same sync, day 3 costs its sidecar alone, unless its
+        # latitude is no regular grid.
         assert all(srv.stats(f.name).bytes_sent > 0 for f in files[:2])
-        with (tmp_path / "granules.txt").open("a") as out:
-            out.write(srv.url_for(files[2].name) + "\n")
-        assert len(refstore.sync(config).added) == 1
         third = srv.stats(files[2].name)
         assert (third.bytes_sent > 0) is nudge, third
         assert srv.stats(files[2].name + ".dmrpp").gets == 1
