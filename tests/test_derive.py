@@ -25,14 +25,12 @@ from refstore.derive import Proof, Rule, apply, learn
 from refstore.verify import verify
 from tests.conftest import GRANULES
 from tests.dmrpp_writer import write_dmrpp
+from tests.granule_factory import imerg_half_hour, imerg_name, rss_day
 from tests.helpers import assert_same_values, direct_read
 from tests.remote_env import write_config
 from tests.servers import RangeHTTPServer
 
 GAMSSA = sorted((GRANULES / "gamssa").glob("*.nc"))
-# The real IMERG subset: Grid/time = 2020-01-01T12:00 (julian calendar), its FileHeader
-# names 3B-HHR.MS.MRG.3IMERG.20200101-S120000-E122959.0720.V06B.HDF5.
-IMERG = GRANULES / "imerg" / "GPM_3IMERGHH_bounds.nc4"
 IMERG_TIME = {"units": "seconds since 1970-01-01 00:00:00 UTC", "calendar": "julian"}
 RSS = sorted((GRANULES / "rssmif16d").glob("*.nc"))
 # The real attributes of the GAMSSA, MUR25 and RSS SSMIS granules in tests/data.
@@ -79,18 +77,12 @@ def test_rss_pass_index_repeats_under_each_days_units_and_never_under_the_same_u
     assert raw is None and problem is not None and "units" in problem
 
 
-def _imerg_name(start: datetime) -> str:
-    end = start + timedelta(minutes=29, seconds=59)
-    minutes = start.hour * 60 + start.minute
-    return f"3B-HHR.MS.MRG.3IMERG.{start:%Y%m%d-S%H%M%S}-E{end:%H%M%S}.{minutes:04d}.V06B.HDF5"
-
-
 def test_imerg_time_is_the_start_in_its_file_name_in_its_julian_calendar() -> None:
     noon = datetime(2020, 1, 1, 12)
     # No time among the Grid group's attributes: the file name holds it.
-    rule = learn(np.array([1577880000], "i4"), {"GridHeader": "..."}, IMERG_TIME, _imerg_name(noon))
+    rule = learn(np.array([1577880000], "i4"), {"GridHeader": "..."}, IMERG_TIME, imerg_name(noon))
     assert rule == Rule("name", ("%Y%m%d-S%H%M%S",), (0,))
-    later = _imerg_name(noon + timedelta(hours=2, minutes=30))
+    later = imerg_name(noon + timedelta(hours=2, minutes=30))
     raw, problem = apply(rule, {}, IMERG_TIME, np.dtype("i4"), 1, later)
     assert problem is None and raw.dtype == np.dtype("i4") and raw.tolist() == [1577889000]
     # A name without that date-time places nothing.
@@ -99,13 +91,13 @@ def test_imerg_time_is_the_start_in_its_file_name_in_its_julian_calendar() -> No
     # The first half hour of a day: its day alone (midnight) reproduces it too, and would
     # place every later half hour of the day at midnight.
     midnight = datetime(2020, 1, 1)
-    rule = learn(np.array([1577836800], "i4"), {}, IMERG_TIME, _imerg_name(midnight))
-    later = _imerg_name(midnight + timedelta(minutes=30))
+    rule = learn(np.array([1577836800], "i4"), {}, IMERG_TIME, imerg_name(midnight))
+    later = imerg_name(midnight + timedelta(minutes=30))
     assert rule is not None and apply(rule, {}, IMERG_TIME, "i4", 1, later)[0].tolist() == [
         1577836800 + 1800
     ]
     # The end of the half hour (E122959) is not the time: no rule from the name's end.
-    assert learn(np.array([1577881799], "i4"), {}, IMERG_TIME, _imerg_name(noon)) != Rule(
+    assert learn(np.array([1577881799], "i4"), {}, IMERG_TIME, imerg_name(noon)) != Rule(
         "name", ("%Y%m%d-S%H%M%S",), (0,)
     )
 
@@ -357,17 +349,8 @@ def test_the_ledger_keeps_a_known_derivation_until_a_confirmed_one_or_a_contradi
 
 
 # -- GPM IMERG: time from the file name; RSS SSMIS: an uncompressed regular grid ---------------
-def _imerg_granule(folder: Path, start: datetime, time: datetime | None = None) -> Path:
-    """The real IMERG subset under the name of the half hour from ``start``, its time and
-    bounds moved there (or to ``time``: a name that says another half hour)."""
-    import h5py
-
-    path = folder / _imerg_name(start)
-    shutil.copy(IMERG, path)
-    seconds = int(((time or start) - datetime(1970, 1, 1)).total_seconds())
-    with h5py.File(path, "r+") as f:
-        f["Grid/time"][0] = seconds
-        f["Grid/time_bnds"][0] = [seconds, seconds + 1800]
+def _imerg(folder: Path, start: datetime, time: datetime | None = None) -> Path:
+    path = imerg_half_hour(folder, start, time)
     write_dmrpp(path, "Grid")
     return path
 
@@ -377,7 +360,7 @@ def test_imerg_after_the_first_half_hour_costs_its_sidecar_alone(tmp_path: Path)
     served = tmp_path / "daac"
     served.mkdir()
     noon = datetime(2020, 1, 1, 12)
-    files = [_imerg_granule(served, noon + timedelta(minutes=30 * i)) for i in range(3)]
+    files = [_imerg(served, noon + timedelta(minutes=30 * i)) for i in range(3)]
     with RangeHTTPServer(served) as srv:
         config = _config(tmp_path, [srv.url_for(f.name) for f in files], group="Grid")
         result = refstore.sync(config)
@@ -396,9 +379,9 @@ def test_an_imerg_file_named_for_another_half_hour_is_named_by_verify(tmp_path: 
     served = tmp_path / "daac"
     served.mkdir()
     noon = datetime(2020, 1, 1, 12)
-    first = _imerg_granule(served, noon)
+    first = _imerg(served, noon)
     # Named 12:30, holding 13:00: placed at 12:30 from its name, its data says 13:00.
-    liar = _imerg_granule(served, noon + timedelta(minutes=30), noon + timedelta(hours=1))
+    liar = _imerg(served, noon + timedelta(minutes=30), noon + timedelta(hours=1))
     with RangeHTTPServer(served) as srv:
         config = _config(tmp_path, [srv.url_for(f.name) for f in (first, liar)], group="Grid")
         refstore.sync(config)
@@ -406,25 +389,6 @@ def test_an_imerg_file_named_for_another_half_hour_is_named_by_verify(tmp_path: 
         report = verify(config, sample=1, seed=0)
     assert not report.ok
     assert any(liar.name in m and "time" in m for m in report.mismatches), report.mismatches
-
-
-def _rss_granule(folder: Path, day: date, nudge: bool = False) -> Path:
-    """A copy of the real RSS SSMIS day of 2020-01-02 moved to ``day``: its time units
-    and begin/end attributes say that day (same lengths: lat/lon stay where they lie);
-    ``nudge`` moves one latitude by two ulps (not a regular grid any more)."""
-    import h5py
-
-    path = folder / f"f16_ssmis_{day:%Y%m%d}v7.nc"
-    shutil.copy(RSS[0], path)
-    with h5py.File(path, "r+") as f:
-        f["time"].attrs.modify("units", np.bytes_(f"hours since {day:%Y-%m-%d}T00:00:00Z"))
-        f.attrs.modify("begin_time", np.bytes_(f"{day:%Y-%m-%d}T00:00:00Z"))
-        f.attrs.modify("end_time", np.bytes_(f"{day:%Y-%m-%d}T23:59:59Z"))
-        if nudge:
-            lat = f["latitude"]
-            lat[300] = np.nextafter(np.nextafter(lat[300], np.float32(90)), np.float32(90))
-    write_dmrpp(path)
-    return path
 
 
 @pytest.mark.usefixtures("unsampled")
@@ -435,7 +399,9 @@ def test_rss_uncompressed_lat_lon_are_derived_only_from_a_regular_grid(
     served = tmp_path / "daac"
     served.mkdir()
     days = [date(2020, 1, 2) + timedelta(days=i) for i in range(3)]
-    files = [_rss_granule(served, d, nudge) for d in days]
+    files = [rss_day(served, d, nudge) for d in days]
+    for f in files:
+        write_dmrpp(f)
     with RangeHTTPServer(served) as srv:
         config = _config(tmp_path, [srv.url_for(f.name) for f in files])
         assert len(refstore.sync(config).added) == 3
