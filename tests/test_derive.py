@@ -426,3 +426,25 @@ def _same_in_a_window(config: Any, files: list[Path]) -> None:
         data = list(expected.data_vars)
         assert_same_values(got.drop_vars(data).load(), expected.drop_vars(data))
         assert_same_values(got.isel(window).load(), expected.isel(window))
+
+
+def test_a_later_rss_day_on_another_grid_in_the_same_layout_is_caught_by_the_sampled_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The trade-off of an uncompressed grid: nothing in day 3's sidecar shows its moved
+    # latitude. The sampled read (here every derived granule) does.
+    monkeypatch.setattr(derive, "CHECK_EVERY", 1)
+    served = tmp_path / "daac"
+    served.mkdir()
+    days = [date(2020, 1, 2) + timedelta(days=i) for i in range(3)]
+    files = [rss_day(served, d, nudge=i == 2) for i, d in enumerate(days)]
+    for f in files:
+        write_dmrpp(f)
+    with RangeHTTPServer(served) as srv:
+        config = _config(tmp_path, [srv.url_for(f.name) for f in files])
+        with caplog.at_level(logging.WARNING, logger="refstore"):
+            result = refstore.sync(config)
+        assert srv.stats(files[2].name).bytes_sent > 0
+    assert f"{files[2].name}: values of latitude differ from the derivation" in caplog.text
+    assert not any(files[2].name in k for k in result.added), "placed on day 1's grid"
+    assert any(files[2].name in f.key for f in result.quarantined), result.quarantined

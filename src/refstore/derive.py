@@ -191,11 +191,8 @@ def describe(group: Any, loadable: Sequence[str], concat_dim: str) -> dict[str, 
             chunks = arr.manifest.dict().items()
             entry["lengths"] = sorted((k, int(e["length"])) for k, e in chunks)
             if _raw(meta):
-                # Raw bytes: any grid of this shape has these lengths. A 1-D one is
-                # described by where it lies too, and derived only from a regular grid
-                # (check_or_learn); anything else uncompressed is read.
-                if len(meta.shape) != 1:
-                    return None
+                # Raw bytes: any grid of this shape has these lengths. Where they lie is
+                # described too, and only a regular grid is derived (check_or_learn).
                 entry["raw_at"] = sorted((k, int(e["offset"]), int(e["length"])) for k, e in chunks)
         out[name] = entry
     return out if concat_dim in out else None
