@@ -85,6 +85,9 @@ def test_imerg_time_is_the_start_in_its_file_name_in_its_julian_calendar() -> No
     later = imerg_name(noon + timedelta(hours=2, minutes=30))
     raw, problem = apply(rule, {}, IMERG_TIME, np.dtype("i4"), 1, later)
     assert problem is None and raw.dtype == np.dtype("i4") and raw.tolist() == [1577889000]
+    # The name is the URL's last segment, unescaped, without its query.
+    url = f"https://daac.example/GPM/{later.replace('.', '%2E', 1)}?token=x"
+    assert derive.file_name(url) == later
     # A name without that date-time places nothing.
     raw, problem = apply(rule, {}, IMERG_TIME, np.dtype("i4"), 1, "GPM_3IMERGHH_bounds.nc4")
     assert raw is None and problem is not None and "does not match" in problem
