@@ -26,7 +26,8 @@ RB  request budget per remote granule (issue 13): requests, bytes and seconds pe
     kerchunk's SingleHdf5ToZarr on the same link; and a first sync's virtualization of
     copies of those files without sidecars in ``dmrpp = "auto"`` (refstore.sidecars);
     ``refstore_from_sidecar_derived``: a granule after the first of its kind, placed from
-    its sidecar alone where a derivation was proved (refstore.derive).
+    its sidecar alone where a derivation was proved (refstore.derive); ``derived_later``:
+    the third GPM IMERG half hour and RSS SSMIS day, proved on the first two.
 
 Granules are tiny synthetic CCMP-like files (8 x 16 grid, 4 steps each, ~40 KB) written
 once into ``<work>/pool`` and hard-linked into one source folder per N.
@@ -591,6 +592,94 @@ def request_budget(latency: float = LATENCY, repeat: int = REPEAT) -> dict[str, 
     return out
 
 
+def derived_later(latency: float = LATENCY, repeat: int = REPEAT) -> dict[str, Any]:
+    """The last of 3 granules of GPM IMERG (half hours, time from the file name) and RSS
+    SSMIS (days, uncompressed lat/lon), copies of the real files moved in time
+    (``tests/granule_factory.py``), over the same link: from its sidecar, hinted, and
+    with what a sync knows by then (the derivations and hint of the first two; sampling
+    off). A derivation proved on the file itself (``request_budget``) cannot show these:
+    IMERG's rule needs a dated file name, RSS's repeated raw times a second day."""
+    import tempfile
+    import warnings
+    from datetime import date
+
+    sys.path.insert(0, str(ROOT))
+    from tests.dmrpp_writer import write_dmrpp
+    from tests.granule_factory import imerg_half_hour, rss_day
+    from tests.servers import RangeHTTPServer
+
+    from refstore import derive
+    from refstore.models import Granule
+    from refstore.sources.https import http_registry
+    from refstore.virtualize import DatasetSpec, virtualize_granule
+
+    served = Path(tempfile.mkdtemp(prefix="refstore-derived-"))
+    noon = dt.datetime(2020, 1, 1, 12)
+    kinds = {
+        "GPM IMERG HH": (
+            [imerg_half_hour(served, noon + dt.timedelta(minutes=30 * i)) for i in range(3)],
+            "Grid",
+        ),
+        "RSS SSMIS f16": (
+            [rss_day(served, date(2020, 1, 2) + dt.timedelta(days=i)) for i in range(3)],
+            "",
+        ),
+    }
+    for files, group in kinds.values():
+        for f in files:
+            write_dmrpp(f, group)
+    out: dict[str, Any] = {"latency_s": latency}
+    every, derive.CHECK_EVERY = derive.CHECK_EVERY, 2**62  # the 24 in 25 not sampled
+    try:
+        with RangeHTTPServer(served, latency=latency) as srv, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+
+            def build(f: Path, group: str, **kw: Any) -> Any:
+                url = srv.url_for(f.name)
+                granule = Granule(url, url, "r", size=f.stat().st_size)
+                spec = DatasetSpec("time", group=group, dmrpp="always", **kw)
+                return virtualize_granule(granule, spec, _Registry(http_registry([url], None)))
+
+            for kind, (files, group) in kinds.items():
+                proofs: dict[str, str] = {}
+                hint: tuple[tuple[int, int], ...] = ()
+                for f in files[:-1]:  # as a sync keeps them (refstore.sync._learn_proofs)
+                    vg = build(f, group, proofs=tuple(proofs.values()), coord_hint=hint)
+                    hint = vg.coord_ranges or hint
+                    made = derive.Proof.from_json(vg.proof) if vg.proof else None
+                    if made is not None and (made.key not in proofs or made.confirmed):
+                        proofs[made.key] = vg.proof
+                last, row = files[-1], {}
+                ways = {
+                    "from_sidecar": {},
+                    "from_sidecar_hinted": {"coord_hint": hint},
+                    "from_sidecar_derivation_proved": {
+                        "coord_hint": hint,
+                        "proofs": tuple(proofs.values()),
+                    },
+                }
+                for name, kw in ways.items():
+                    times = []
+                    for _ in range(repeat):
+                        srv.reset_stats()
+                        seconds, vg = timed(lambda f=last, g=group, kw=kw: build(f, g, **kw))
+                        times.append(seconds)
+                    st, side = srv.stats(last.name), srv.stats(f"{last.name}.dmrpp")
+                    row[name] = {
+                        "requests": st.requests + side.requests,
+                        "granule_requests": st.requests,
+                        "granule_bytes": st.bytes_sent,
+                        "sidecar_bytes": side.bytes_sent,
+                        "seconds": round(min(times), 3),
+                        "derived": bool(vg.derived),
+                    }
+                out[kind] = row
+    finally:
+        derive.CHECK_EVERY = every
+        shutil.rmtree(served, ignore_errors=True)
+    return out
+
+
 def auto_sequence(latency: float = LATENCY, copies: int = 5, repeat: int = 2) -> dict[str, Any]:
     """A first sync's virtualization of ``copies`` x the RB files, no sidecar published,
     over the same link: ``dmrpp = "auto"`` as a sync runs it (refstore.sidecars: looks for
@@ -740,6 +829,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rb = request_budget()
         log("first sync's virtualization, no sidecar published, dmrpp = auto")
         rb["auto_sequence"] = auto_sequence(repeat=3)
+        log("later IMERG and RSS SSMIS granules, derivations proved on earlier ones")
+        rb["derived_later"] = derived_later()
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "latest-budget.json").write_text(json.dumps(rb, indent=2))
         print_budget(rb)
@@ -795,6 +886,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["request_budget"]["auto_sequence"] = auto_sequence(
         copies=1 if args.quick else 5, repeat=1 if args.quick else 3
     )
+    report["request_budget"]["derived_later"] = derived_later(repeat=2 if args.quick else REPEAT)
     big, small = report["per_size"][str(n_max)], report["per_size"][str(n_min)]
     tp = report["throughput"]
     report["figures"] = {
@@ -876,6 +968,15 @@ def print_budget(rb: dict[str, Any]) -> None:
             f"  {name:<34} max {agg['requests_max']} req, {agg['seconds_total']:.3f} s for all, "
             f"{agg['speedup_vs_hdfparser_defaults']}x vs HDFParser defaults"
         )
+    later = rb.get("derived_later", {})
+    for kind, row in later.items():
+        if isinstance(row, dict):
+            print(f"  the third {kind} granule, the first two proved")
+            for name, r in row.items():
+                print(
+                    f"    {name:<34} {r['requests']:>3} req, {r['granule_bytes']:>6} B of the "
+                    f"granule, {r['seconds']:.3f} s{' (derived)' if r['derived'] else ''}"
+                )
     seq = rb.get("auto_sequence")
     if seq:
         print(f"first sync of {seq['granules']} granules without sidecars (virtualization only)")

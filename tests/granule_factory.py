@@ -8,7 +8,9 @@ refuses (the same filter twice in one pipeline).
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -308,4 +310,47 @@ def tempo_like_granule(
             g.dimensions = {"band": 2}
             w = g.create_variable("wavelength", ("band",), "f8", data=np.array([290.0, 740.0]))
             w.attrs["units"] = "nm"
+    return path
+
+
+# -- copies of real granules moved to another time (refstore.derive) -------------------------
+_DATA = Path(__file__).parent / "data" / "granules"
+# The real GPM IMERG subset: Grid/time = 2020-01-01T12:00 (julian calendar); its FileHeader
+# names 3B-HHR.MS.MRG.3IMERG.20200101-S120000-E122959.0720.V06B.HDF5.
+IMERG = _DATA / "imerg" / "GPM_3IMERGHH_bounds.nc4"
+RSS_DAY = _DATA / "rssmif16d" / "f16_ssmis_20200102v7.nc"  # a real RSS SSMIS day
+
+
+def imerg_name(start: datetime) -> str:
+    """The file name GPM IMERG gives the half hour from ``start``."""
+    end = start + timedelta(minutes=29, seconds=59)
+    minutes = start.hour * 60 + start.minute
+    return f"3B-HHR.MS.MRG.3IMERG.{start:%Y%m%d-S%H%M%S}-E{end:%H%M%S}.{minutes:04d}.V06B.HDF5"
+
+
+def imerg_half_hour(folder: Path, start: datetime, time: datetime | None = None) -> Path:
+    """The real IMERG subset under the name of the half hour from ``start``, its time and
+    bounds moved there (or to ``time``: a name that says another half hour)."""
+    path = folder / imerg_name(start)
+    shutil.copy(IMERG, path)
+    seconds = int(((time or start) - datetime(1970, 1, 1)).total_seconds())
+    with h5py.File(path, "r+") as f:
+        f["Grid/time"][0] = seconds
+        f["Grid/time_bnds"][0] = [seconds, seconds + 1800]
+    return path
+
+
+def rss_day(folder: Path, day: date, nudge: bool = False) -> Path:
+    """The real RSS SSMIS day of 2020-01-02 moved to ``day``: its time units and
+    begin/end attributes say that day (same lengths: lat/lon stay where they lie);
+    ``nudge`` moves one latitude by two ulps (no longer a regular grid)."""
+    path = folder / f"f16_ssmis_{day:%Y%m%d}v7.nc"
+    shutil.copy(RSS_DAY, path)
+    with h5py.File(path, "r+") as f:
+        f["time"].attrs.modify("units", np.bytes_(f"hours since {day:%Y-%m-%d}T00:00:00Z"))
+        f.attrs.modify("begin_time", np.bytes_(f"{day:%Y-%m-%d}T00:00:00Z"))
+        f.attrs.modify("end_time", np.bytes_(f"{day:%Y-%m-%d}T23:59:59Z"))
+        if nudge:
+            lat = f["latitude"]
+            lat[300] = np.nextafter(np.nextafter(lat[300], np.float32(90)), np.float32(90))
     return path

@@ -17,7 +17,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -89,6 +89,14 @@ def _learn_proofs(proofs: dict[str, str], granules: Sequence[VirtualGranule]) ->
             proofs[made.key] = vg.proof or ""
             changed = True
     return changed
+
+
+def _waiting(proofs: Mapping[str, str]) -> bool:
+    """Whether derivations are known and none is confirmed yet (refstore.derive.Proof)."""
+    from refstore.derive import Proof
+
+    known = [Proof.from_json(p) for p in proofs.values()]
+    return bool(known) and not any(p is not None and p.confirmed for p in known)
 
 
 def _read_hint(text: str | None) -> tuple[tuple[int, int], ...]:
@@ -208,18 +216,21 @@ class _Run:
         if c.dmrpp == "never":
             return run(granules, self.spec)
         hint = _read_hint(self.ledger.get_meta(COORD_HINT))
-        before, learn = hint, True
+        before, alone = hint, 2  # granules that may still go alone (below)
         proofs = _read_proofs(self.ledger.get_meta(PROOFS))
 
         def hinted(subset: Sequence[Granule], spec: DatasetSpec) -> list[Result]:
             # Each phase reads its sidecar-built granules' coordinates at the offsets the
             # last granule had them, while the sidecar is fetched (refstore.virtualize),
             # or reads nothing where a derivation is proved (refstore.derive). With
-            # neither known yet, the first granule goes alone (once) to give the rest one.
-            nonlocal hint, learn
-            if learn and not (hint and proofs) and spec.dmrpp != "never" and len(subset) > 1:
-                learn = False
-                return hinted(subset[:1], spec) + hinted(subset[1:], spec)
+            # neither known yet, the first granule goes alone (once) to give the rest one;
+            # so does the next while the only derivations known wait for a second granule
+            # to confirm them (repeated raw values: RSS SSMIS), so the rest can apply them.
+            nonlocal hint, alone
+            if alone and spec.dmrpp != "never" and len(subset) > 1:
+                alone -= 1
+                if _waiting(proofs) or (alone == 1 and not (hint and proofs)):
+                    return hinted(subset[:1], spec) + hinted(subset[1:], spec)
             known = tuple(proofs[k] for k in sorted(proofs))
             results = run(subset, replace(spec, coord_hint=hint, proofs=known))
             ranges = [r.coord_ranges for r in results if isinstance(r, VirtualGranule)]

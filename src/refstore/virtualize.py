@@ -285,7 +285,8 @@ def _from_sidecar(granule: Granule, spec: DatasetSpec, registry: Any) -> Virtual
     proof = next((p for p in proofs if p.key == proof_key), None)
     values = None
     if proof is not None and described is not None:
-        values = derive.derived_values(proof, group, spec.concat_dim, tuple(described))
+        names = tuple(described)
+        values = derive.derived_values(proof, group, spec.concat_dim, names, granule.url)
     # Applied only where confirmed, and not on the sampled granules (read and compared).
     use = values if proof is not None and proof.confirmed else None
     try:
