@@ -21,6 +21,7 @@ def test_migrations_recorded_once(tmp_path: Path) -> None:
             "002_placement",
             "003_lifecycle",
             "004_expired",
+            "005_missing_index",
         ]
     conn = sqlite3.connect(path)
     names = {r[0] for r in conn.execute("select name from sqlite_master")}

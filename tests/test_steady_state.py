@@ -122,3 +122,20 @@ def test_deleted_and_unsettled_granules_are_still_seen(
     with Ledger(config.ledger) as ledger:
         assert ledger.row(late.name).status is Status.VIRTUALIZED  # type: ignore[union-attr]
     assert refstore.sync(config).added == (late.name,)
+
+
+def test_the_unsettled_and_missing_rows_are_found_by_index(tmp_path: Path) -> None:
+    """Every query a steady-state plan makes for the unsettled and missing rows uses an
+    index: at 100,000 granules a scan of the table cost 0.04 s of a 0.27 s +1 sync."""
+    ledger = Ledger(tmp_path / "ledger.db")
+    statements: list[str] = []
+    ledger.conn.set_trace_callback(statements.append)
+    rows = ledger.unsettled("fingerprint", "waiting")
+    ledger.mark_missing([])
+    ledger.conn.set_trace_callback(None)
+    assert rows == {}
+    reads = [s for s in statements if s.lstrip().lower().startswith("select")]
+    assert reads, statements
+    for sql in reads:
+        plan = ledger.conn.execute("explain query plan " + sql).fetchall()
+        assert not any("SCAN granules" in str(step[-1]) for step in plan), (sql, plan)

@@ -137,12 +137,22 @@ def _m004_expired(db: Any) -> None:
     )
 
 
+def _m005_missing_index(db: Any) -> None:
+    # The rows recorded missing, found without reading every row: a sync's plan and
+    # mark_missing ask for them (0.04 s and 0.03 s of a +1 at 100,000 granules by scan).
+    db.execute(
+        "create index if not exists idx_granules_missing on granules(missing_since)"
+        " where missing_since is not null"
+    )
+
+
 # Numbered migrations, applied in order and recorded in the `migrations` table.
 MIGRATIONS: tuple[tuple[str, Callable[[Any], None]], ...] = (
     ("001_initial", _m001_initial),
     ("002_placement", _m002_placement),
     ("003_lifecycle", _m003_lifecycle),
     ("004_expired", _m004_expired),
+    ("005_missing_index", _m005_missing_index),
 )
 
 
@@ -331,15 +341,23 @@ class Ledger:
         than ``fingerprint``, or recorded missing from the source. At steady state these
         are few, whatever the size of the ledger (the status column is indexed)."""
         pending = ", ".join(f"'{s}'" for s in (Status.NEW, Status.VIRTUALIZED, Status.REVISED))
-        sql = (
-            f"status in ({pending}) or (status = '{Status.QUARANTINED}' and fingerprint"
-            " is not null and (fingerprint = ? or (? is not null and fingerprint != ?)))"
-            " or missing_since is not null"
+        quarantined = (
+            f"status = '{Status.QUARANTINED}' and fingerprint is not null"
+            " and (fingerprint = ? or (? is not null and fingerprint != ?))"
         )
-        args = [waiting, fingerprint, fingerprint]
-        return {
-            r["key"]: _row(r) for r in self._select(f"select * from granules where {sql}", args)
-        }
+        # Three queries, each on an index (status; the partial index of missing rows):
+        # SQLite's planner scanned every row for the three terms joined by OR.
+        found: dict[str, LedgerRow] = {}
+        for where, args in (
+            (f"status in ({pending})", []),
+            (quarantined, [waiting, fingerprint, fingerprint]),
+            ("missing_since is not null", []),
+        ):
+            found |= {
+                r["key"]: _row(r)
+                for r in self._select(f"select * from granules where {where}", args)
+            }
+        return found
 
     def counts(self) -> dict[str, int]:
         """Number of granules per status."""
