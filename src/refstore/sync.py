@@ -800,11 +800,9 @@ def _plan_unlisted(
     now = source.restat(head.recent.keys() | rows.keys())  # type: ignore[attr-defined]
     changed = {k: v for k, v in now.items() if k in head.recent and head.recent[k] != v}
     gone = head.recent.keys() - now.keys()  # deleted: the folder would have moved, but
-    listed = [
-        source.granule(k, v[1])  # type: ignore[attr-defined]
-        for k, v in sorted(now.items())
-        if k in changed or k in rows
-    ]
+    listed = source.granules(  # type: ignore[attr-defined]
+        (k, v[1]) for k, v in sorted(now.items()) if k in changed or k in rows
+    )
     rows |= ledger.rows_for(changed.keys() | gone)
     recent = {k: v for k, v in now.items() if k in head.recent}
 

@@ -27,11 +27,44 @@ No I/O here: :mod:`refstore.sources.local` lists, the ledger stores the JSON.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 
-__all__ = ["SETTLE", "FolderHead", "ListingCache", "recent_files"]
+__all__ = [
+    "SETTLE",
+    "FolderHead",
+    "ListingCache",
+    "file_entry",
+    "folder_state",
+    "full_due",
+    "unchanged",
+]
 
 SETTLE = 2.0  # seconds a folder must have been unchanged before a listing to be trusted
+
+
+def full_due(full_at: float, now: float, rescan_hours: float) -> bool:
+    """Whether a listing whose last full one was at ``full_at`` must stat every file."""
+    return rescan_hours <= 0 or now - full_at >= rescan_hours * 3600
+
+
+def folder_state(st: os.stat_result) -> str:
+    """A folder's ``<inode>-<mtime_ns>``: it moves whenever a name in it is added,
+    removed or renamed."""
+    return f"{st.st_ino}-{st.st_mtime_ns}"
+
+
+def file_entry(st: os.stat_result) -> tuple[int, str]:
+    """A file's ``(inode, revision)``; the revision is ``<size>-<mtime_ns>``."""
+    return st.st_ino, f"{st.st_size}-{st.st_mtime_ns}"
+
+
+def unchanged(state: str, recorded: str, listed_at: float) -> bool:
+    """Whether a folder now in ``state`` needs no listing: it is the ``recorded`` state
+    of a listing that began at ``listed_at``, :data:`SETTLE` s after its last change."""
+    if not recorded or state != recorded:
+        return False
+    return int(state.rsplit("-", 1)[-1]) / 1e9 < listed_at - SETTLE
 
 
 @dataclass
@@ -58,7 +91,7 @@ class ListingCache:
 
     def full_due(self, now: float, rescan_hours: float) -> bool:
         """Whether this listing must stat every file (never listed, or overdue)."""
-        return rescan_hours <= 0 or not self.files or now - self.full_at >= rescan_hours * 3600
+        return not self.files or full_due(self.full_at, now, rescan_hours)
 
     def revision(self, key: str, inode: int, now: float, rescan_hours: float) -> str | None:
         """The recorded revision of ``key``, to use without a ``stat``: only if its inode
@@ -149,12 +182,9 @@ class FolderHead:
     def holds(self, folder: str, now: float, rescan_hours: float) -> bool:
         """Whether the folder, now in state ``folder``, needs no listing: unchanged since
         a listing that began :data:`SETTLE` s after its last change, no full listing due."""
-        if not self.folder or folder != self.folder or not self.count:
+        if not self.count or full_due(self.full_at, now, rescan_hours):
             return False
-        if rescan_hours <= 0 or now - self.full_at >= rescan_hours * 3600:
-            return False
-        mtime_ns = int(folder.rsplit("-", 1)[-1])
-        return mtime_ns / 1e9 < self.listed_at - SETTLE
+        return unchanged(folder, self.folder, self.listed_at)
 
     def to_json(self) -> str:
         """The small ledger row's text."""
@@ -181,12 +211,3 @@ class FolderHead:
             return cls(str(d["folder"]), at, full_at, count, recent)
         except (ValueError, KeyError, TypeError, IndexError, AttributeError):
             return None
-
-
-def recent_files(
-    files: dict[str, tuple[int, str]], now: float, rescan_hours: float
-) -> dict[str, tuple[int, str]]:
-    """The entries of ``files`` changed within ``rescan_hours`` of ``now`` (stat'ed on
-    every listing, :meth:`ListingCache.revision`'s rule)."""
-    cutoff_ns = (now - rescan_hours * 3600) * 1e9
-    return {k: v for k, v in files.items() if int(v[1].rsplit("-", 1)[-1]) >= cutoff_ns}

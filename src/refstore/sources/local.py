@@ -18,8 +18,8 @@ from urllib.parse import quote_from_bytes, unquote
 from refstore.errors import SourceError
 from refstore.models import Granule
 from refstore.sources.base import ContainerSpec
-from refstore.sources.listing_cache import ListingCache
-from refstore.sources.tree import TreeListing, TreeState, walk
+from refstore.sources.listing_cache import ListingCache, folder_state
+from refstore.sources.tree import TreeListing, TreeState, stat_files, walk
 
 if TYPE_CHECKING:
     from refstore.config import Config
@@ -239,23 +239,14 @@ class LocalSource:
         if pattern is not None and "/" in pattern:
             return None
         try:
-            st = os.stat(root)
+            return folder_state(os.stat(root))
         except OSError:
             return None
-        return f"{st.st_ino}-{st.st_mtime_ns}"
 
     def restat(self, keys: Iterable[str]) -> dict[str, tuple[int, str]]:
-        """``key -> (inode, revision)`` of the plain files ``keys`` that exist now."""
-        top = os.path.join(self.root, "")
-        out: dict[str, tuple[int, str]] = {}
-        for key in keys:
-            try:
-                st = os.stat(top + key)  # a symlink: its target
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode):
-                out[key] = (st.st_ino, f"{st.st_size}-{st.st_mtime_ns}")
-        return out
+        """``key -> (inode, revision)`` of the plain files ``keys`` that exist now (a
+        symlink: its target's)."""
+        return stat_files(str(self.root), keys)
 
     def granule(self, key: str, revision: str) -> Granule:
         """The granule of file ``key`` (relative to :attr:`root`) listed with

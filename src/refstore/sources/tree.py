@@ -26,12 +26,12 @@ import json
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from refstore.sources.listing_cache import SETTLE
+from refstore.sources.listing_cache import file_entry, folder_state, full_due, unchanged
 
-__all__ = ["Folder", "TreeListing", "TreeState", "glob_regex", "walk"]
+__all__ = ["Folder", "TreeListing", "TreeState", "glob_regex", "stat_files", "walk"]
 
 Entry = tuple[int, str]  # (inode, revision "<size>-<mtime_ns>"); inode 0 for a symlink
 
@@ -82,9 +82,7 @@ class Folder:
 
     def holds(self, state: str, full: bool) -> bool:
         """Whether the folder, now in ``state``, needs no listing."""
-        if full or state != self.state:
-            return False
-        return int(state.rsplit("-", 1)[-1]) / 1e9 < self.listed_at - SETTLE
+        return not full and unchanged(state, self.state, self.listed_at)
 
 
 @dataclass
@@ -96,7 +94,7 @@ class TreeState:
 
     def full_due(self, now: float, rescan_hours: float) -> bool:
         """Whether this listing must list every folder and stat every file."""
-        return rescan_hours <= 0 or not self.folders or now - self.full_at >= rescan_hours * 3600
+        return not self.folders or full_due(self.full_at, now, rescan_hours)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -142,8 +140,6 @@ class TreeListing:
     gone: set[str]  # keys no longer there
     files: dict[str, dict[str, Entry]]  # the listed folders' files (rows to store)
     removed: set[str]  # folders gone (rows to delete)
-    listed: int = 0  # folders listed
-    stats: int = 0  # stat calls on files
 
     @property
     def count(self) -> int:
@@ -176,7 +172,7 @@ def walk(
             st = os.stat(path)
         except OSError:
             continue  # removed while walking: its parent moved, the next walk sees it
-        state = f"{st.st_ino}-{st.st_mtime_ns}"
+        state = folder_state(st)
         if prev is not None and prev.holds(state, full):
             folder = _unlisted(path, rel, prev, out)
         else:
@@ -192,7 +188,7 @@ def walk(
 def _unlisted(path: str, rel: str, prev: Folder, out: TreeListing) -> Folder:
     """A folder no name was added to or removed from: stat its recent files and links."""
     recent = {}
-    for name, entry in _stat(path, list(prev.recent) + prev.links, out).items():
+    for name, entry in stat_files(path, [*prev.recent, *prev.links]).items():
         if name in prev.recent:
             recent[name] = entry
             if entry != prev.recent[name]:
@@ -216,7 +212,6 @@ def _listed(
     out: TreeListing,
 ) -> Folder:
     """List a folder that moved (or is new, or a full listing is due) and compare."""
-    out.listed += 1
     subdirs, names, links = [], {}, []
     with os.scandir(path) as entries:
         for e in entries:
@@ -237,12 +232,12 @@ def _listed(
             files[name] = known  # same inode, older than rescan_hours when last stat'ed
         else:
             unknown.append(name)
-    files.update(_stat(path, unknown, out))
+    files.update(stat_files(path, unknown))
     recent = {n: files[n] for n in unknown if n in files and _mtime(files[n]) >= cutoff_ns}
     for name, entry in files.items():
         if before.get(name) != entry:
             out.changed[rel + name] = entry
-    for name, entry in _stat(path, links, out).items():
+    for name, entry in stat_files(path, links).items():
         out.changed[rel + name] = entry
         files[name] = entry
     out.gone.update(rel + n for n in before.keys() - files.keys())
@@ -260,26 +255,19 @@ def _drop(
         out.removed.add(folder)
 
 
-def _stat(path: str, names: list[str], out: TreeListing) -> dict[str, Entry]:
-    """``name -> entry`` of the plain files (symlinks followed) among ``names`` in ``path``."""
+def stat_files(path: str, names: Iterable[str]) -> dict[str, Entry]:
+    """``name -> entry`` of the plain files (symlinks followed) among ``names`` (relative
+    paths) in folder ``path`` that exist now."""
     found = {}
     for name in names:
         try:
             st = os.stat(os.path.join(path, name))
         except OSError:
             continue
-        out.stats += 1
         if stat.S_ISREG(st.st_mode):
-            found[name] = (st.st_ino, f"{st.st_size}-{st.st_mtime_ns}")
+            found[name] = file_entry(st)
     return found
 
 
 def _mtime(entry: Entry) -> int:
     return int(entry[1].rsplit("-", 1)[-1])
-
-
-def iter_keys(listing: TreeListing) -> Iterator[tuple[str, Entry]]:
-    """Every file the walk's state holds, from the listed folders' rows (a full walk)."""
-    for rel, files in sorted(listing.files.items()):
-        for name, entry in sorted(files.items()):
-            yield rel + name, entry
