@@ -143,33 +143,6 @@ def _history(store: Any) -> list[SnapshotEntry]:
     ]
 
 
-def _with_details(store: Any, entries: list[SnapshotEntry]) -> dict[str, dict[str, Any]]:
-    """The whole metadata (per-granule lists merged back, :mod:`refstore.details`) of
-    ``entries`` (on ``main``'s ancestry), for the ledger to keep once they are expired."""
-    from refstore.batch import merge_metadata
-
-    wanted = {
-        e.snapshot: e.metadata["detail_at"]
-        for e in entries
-        if "granules" not in e.metadata and isinstance(e.metadata.get("detail_at"), int)
-    }
-    if not wanted:
-        return {}
-    loaded = store.details_at(str(store.repo.lookup_branch("main")), list(wanted.values()))
-    return {
-        e.snapshot: merge_metadata(e.metadata, loaded[wanted[e.snapshot]])
-        for e in entries
-        if wanted.get(e.snapshot) in loaded
-    }
-
-
-def _tags(store: Any) -> dict[str, list[str]]:
-    tags: dict[str, list[str]] = {}
-    for tag in sorted(store.repo.list_tags()):
-        tags.setdefault(str(store.repo.lookup_tag(tag)), []).append(tag)
-    return tags
-
-
 def _alive(store: Any, snapshot: str) -> bool:
     import icechunk
 
@@ -231,7 +204,7 @@ def gc(config: Config, policy: Policy, *, dry_run: bool = False, wait: float = 0
                 alive = [s for s in pending if _alive(store, s)]
                 ledger.settle_expired([s for s in pending if s not in alive], alive)
             history = _history(store)
-            tags = _tags(store)
+            tags = store.tags_by_snapshot()
             report.snapshots_before = len(history)
             report.objects_before, report.bytes_before = _disk_usage(store.url)
             now = datetime.now(UTC)
@@ -295,16 +268,22 @@ def _expire_and_collect(
 
     if bound is not None:
         run = datetime.now(UTC).strftime("gc-%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-        whole = _with_details(store, expiring + detached)
+        entries = expiring + detached
+        # Their per-granule lists too (refstore.details): the ledger's copy is whole.
+        whole = store.whole_metadata(
+            str(store.repo.lookup_branch("main")),
+            [(e.snapshot, e.metadata) for e in entries],
+            strict=False,
+        )
         ledger.record_expiring(
             (
                 {
                     "snapshot": e.snapshot,
                     "written_at": e.written_at.isoformat(),
                     "message": e.message,
-                    "metadata": json.dumps(whole.get(e.snapshot, e.metadata)),
+                    "metadata": json.dumps(meta),
                 }
-                for e in expiring + detached
+                for e, meta in zip(entries, whole, strict=True)
             ),
             run,
         )

@@ -299,7 +299,7 @@ class Store:
 
         Walking stops at ``stop_at``, so reconciling costs what was committed since.
         """
-        from refstore.batch import commit_info, merge_metadata
+        from refstore.batch import commit_info
 
         found: list[tuple[Any, dict[str, Any]]] = []
         tip: str | None = None
@@ -310,20 +310,44 @@ class Store:
             meta = (info.metadata or {}).get(METADATA_KEY)
             if meta:
                 found.append((info, meta))
-        wanted = [m["detail_at"] for _, m in found if "granules" not in m and "detail_at" in m]
-        loaded = self.details_at(tip, wanted) if wanted and tip else {}
+        metas = self.whole_metadata(tip or "", [(str(i.id), m) for i, m in found])
+        return [
+            commit_info(info.id, info.message, info.written_at.isoformat(), meta)
+            for (info, _), meta in zip(reversed(found), reversed(metas), strict=True)
+        ]
+
+    def whole_metadata(
+        self, snapshot: str, metas: Sequence[tuple[str, dict[str, Any]]], *, strict: bool = True
+    ) -> list[dict[str, Any]]:
+        """``metas`` (``(snapshot id, refstore commit metadata)`` of snapshots in the
+        ancestry of ``snapshot``) with each one's per-granule lists merged back from its detail
+        element (:mod:`refstore.details`); one written before details is whole already.
+
+        Raises
+        ------
+        StoreError
+            With ``strict``, a detail ``snapshot`` does not hold (else that metadata is
+            returned as it is).
+        """
+        from refstore.batch import merge_metadata
+
+        def detail(meta: dict[str, Any]) -> int | None:
+            at = meta.get("detail_at")
+            return at if "granules" not in meta and isinstance(at, int) else None
+
+        wanted = [at for _, m in metas if (at := detail(m)) is not None]
+        loaded = self.details_at(snapshot, wanted) if wanted else {}
         out = []
-        for info, meta in reversed(found):
-            at_ = meta.get("detail_at")
-            if "granules" not in meta and at_ is not None and at_ not in loaded:
+        for snap, meta in metas:
+            at = detail(meta)
+            if at is not None and at not in loaded and strict:
                 raise StoreError(
-                    f"Snapshot {info.id} names its granules' detail #{at_}, which {self.url} "
+                    f"Snapshot {snap} names its granules' detail #{at}, which {self.url} "
                     "does not hold: the repository was changed by something else than refstore.",
                     "Rebuild the ledger from a copy of the repository taken before that, or "
                     "re-sync into a new repository.",
                 )
-            whole = merge_metadata(meta, loaded.get(at_) if "granules" not in meta else None)
-            out.append(commit_info(info.id, info.message, info.written_at.isoformat(), whole))
+            out.append(merge_metadata(meta, loaded.get(at)) if at is not None else meta)
         return out
 
     def details_at(self, snapshot: str, indices: Sequence[int]) -> dict[int, dict[str, Any]]:
