@@ -797,14 +797,14 @@ def _plan_unlisted(
     the recently changed files and the ledger's unsettled rows are stat'ed; the folder
     is not listed and its per-file cache not loaded."""
     rows = ledger.unsettled(fingerprint, WAITING)
+    from refstore.sources.listing_cache import recheck
+
     now = source.restat(head.recent.keys() | rows.keys())  # type: ignore[attr-defined]
-    changed = {k: v for k, v in now.items() if k in head.recent and head.recent[k] != v}
-    gone = head.recent.keys() - now.keys()  # deleted: the folder would have moved, but
+    recent, changed, gone = recheck(head.recent, now)  # gone: the folder would have moved
     listed = source.granules(  # type: ignore[attr-defined]
         (k, v[1]) for k, v in sorted(now.items()) if k in changed or k in rows
     )
     rows |= ledger.rows_for(changed.keys() | gone)
-    recent = {k: v for k, v in now.items() if k in head.recent}
 
     def remember() -> None:
         if recent != head.recent:

@@ -37,6 +37,7 @@ __all__ = [
     "file_entry",
     "folder_state",
     "full_due",
+    "recheck",
     "unchanged",
 ]
 
@@ -57,6 +58,16 @@ def folder_state(st: os.stat_result) -> str:
 def file_entry(st: os.stat_result) -> tuple[int, str]:
     """A file's ``(inode, revision)``; the revision is ``<size>-<mtime_ns>``."""
     return st.st_ino, f"{st.st_size}-{st.st_mtime_ns}"
+
+
+def recheck(
+    recorded: dict[str, tuple[int, str]], now: dict[str, tuple[int, str]]
+) -> tuple[dict[str, tuple[int, str]], dict[str, tuple[int, str]], set[str]]:
+    """The recent files a listing ``recorded`` in a folder that did not move, stat'ed
+    again (``now``: those that exist, and maybe others): ``(recent, changed, gone)``."""
+    recent = {k: v for k, v in now.items() if k in recorded}
+    changed = {k: v for k, v in recent.items() if recorded[k] != v}
+    return recent, changed, recorded.keys() - recent.keys()
 
 
 def unchanged(state: str, recorded: str, listed_at: float) -> bool:

@@ -29,7 +29,7 @@ import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from refstore.sources.listing_cache import file_entry, folder_state, full_due, unchanged
+from refstore.sources.listing_cache import file_entry, folder_state, full_due, recheck, unchanged
 
 __all__ = ["Folder", "TreeListing", "TreeState", "glob_regex", "stat_files", "walk"]
 
@@ -187,15 +187,12 @@ def walk(
 
 def _unlisted(path: str, rel: str, prev: Folder, out: TreeListing) -> Folder:
     """A folder no name was added to or removed from: stat its recent files and links."""
-    recent = {}
-    for name, entry in stat_files(path, [*prev.recent, *prev.links]).items():
-        if name in prev.recent:
-            recent[name] = entry
-            if entry != prev.recent[name]:
-                out.changed[rel + name] = entry
-        else:
-            out.changed[rel + name] = entry  # a symlink: its target may have changed
-    out.gone.update(rel + n for n in prev.recent.keys() - recent.keys())
+    now = stat_files(path, [*prev.recent, *prev.links])
+    recent, changed, gone = recheck(prev.recent, now)
+    out.changed.update((rel + n, e) for n, e in changed.items())
+    # A symlink: its target may have changed.
+    out.changed.update((rel + n, now[n]) for n in prev.links if n in now)
+    out.gone.update(rel + n for n in gone)
     return Folder(prev.state, prev.listed_at, prev.subdirs, prev.count, recent, prev.links)
 
 
