@@ -1,4 +1,5 @@
-"""Assertions shared by the tests: compare a store with direct reads of its files."""
+"""Helpers shared by the tests: compare a store with direct reads of its files, change a
+file as publishers do."""
 
 from __future__ import annotations
 
@@ -51,3 +52,11 @@ def group_read(paths: Sequence[Path], group: str, **kwargs: Any) -> xr.Dataset:
         with xr.open_dataset(p, engine="h5netcdf", group=group, **kwargs) as ds:
             parts.append(ds.load().assign_coords(mirror_step=step))
     return xr.concat(parts, dim="mirror_step", data_vars="minimal", coords="minimal")
+
+
+def rewrite_in_place(path: Path, source: Path) -> None:
+    """Overwrite ``path`` with ``source``'s bytes, keeping its inode (as ``cp`` over a
+    file does; a downloader's rename would give a new one)."""
+    with open(path, "r+b") as f:
+        f.write(source.read_bytes())
+        f.truncate()

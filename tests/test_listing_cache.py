@@ -134,7 +134,7 @@ def test_an_unchanged_folder_is_not_listed_and_every_change_is_still_seen(
 
     from refstore.sources import local
     from refstore.synthetic import write_ccmp_like_granule, write_ccmp_like_series
-    from tests.helpers import assert_same_values, direct_read
+    from tests.helpers import assert_same_values, direct_read, rewrite_in_place
 
     assert isinstance(monkeypatch, pytest.MonkeyPatch)
     listings: list[str] = []
@@ -181,9 +181,7 @@ def test_an_unchanged_folder_is_not_listed_and_every_change_is_still_seen(
     other = write_ccmp_like_granule(
         incoming.parent / "tmp.nc", datetime(2024, 1, 4), seed=5, steps_per_file=4, nlat=4, nlon=8
     )
-    with open(new, "r+b") as f:
-        f.write(other.read_bytes())
-        f.truncate()
+    rewrite_in_place(new, other)
     assert new.stat().st_ino == inode and os.stat(incoming).st_mtime_ns == folder_state
     assert sync(False).added == (new.name,)
     assert_same_values(refstore.open_dataset(config).load(), direct_read([*files, new]))
@@ -194,9 +192,7 @@ def test_an_unchanged_folder_is_not_listed_and_every_change_is_still_seen(
     back = write_ccmp_like_granule(
         incoming.parent / "tmp2.nc", datetime(2024, 1, 4), seed=6, steps_per_file=4, nlat=4, nlon=8
     )
-    with open(new, "r+b") as f:
-        f.write(back.read_bytes())
-        f.truncate()
+    rewrite_in_place(new, back)
     (fifth,) = write_ccmp_like_series(incoming, datetime(2024, 1, 5), 1, nlat=4, nlon=8)
     assert sorted(sync(True).added) == sorted([new.name, fifth.name])
     files.append(fifth)

@@ -16,7 +16,7 @@ from refstore.sources import tree
 from refstore.sources.local import LocalSource
 from refstore.synthetic import write_ccmp_like_granule
 from tests.conftest import MakeConfig
-from tests.helpers import assert_same_values, direct_read
+from tests.helpers import assert_same_values, direct_read, rewrite_in_place
 
 DAY = 86400.0
 LAYOUT = [
@@ -135,9 +135,7 @@ def test_a_nested_archive_lists_only_the_folders_that_moved(
     other = write_ccmp_like_granule(
         spare / "x.nc", start + timedelta(days=3), steps_per_file=1, nlat=4, nlon=8, seed=3
     )
-    with open(day4, "r+b") as f:
-        f.write(other.read_bytes())
-        f.truncate()
+    rewrite_in_place(day4, other)
     assert day4.stat().st_ino == inode and day4.parent.stat().st_mtime_ns == folder_mtime
     result, folders = sync()
     assert result.added == ("2024/004/" + day4.name,) and folders == []

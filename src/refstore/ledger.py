@@ -301,6 +301,12 @@ class Ledger:
         for values in cursor:
             yield dict(zip(names, values, strict=True))
 
+    def _rows_where(self, where: str, args: Sequence[Any] = ()) -> dict[str, LedgerRow]:
+        """The granule rows matching ``where``, by key."""
+        return {
+            r["key"]: _row(r) for r in self._select(f"select * from granules where {where}", args)
+        }
+
     def listing(self) -> list[tuple[Any, ...]]:
         """What ``refstore ls`` shows of every granule, in concat order (placed granules
         by offset, then the rest, each by key), as plain tuples: ``(key, status, start,
@@ -329,10 +335,7 @@ class Ledger:
         for i in range(0, len(wanted), _IN_LIMIT):
             part = wanted[i : i + _IN_LIMIT]
             where = f"key in ({', '.join('?' * len(part))})"
-            found |= {
-                r["key"]: _row(r)
-                for r in self._select(f"select * from granules where {where}", part)
-            }
+            found |= self._rows_where(where, part)
         return found
 
     def unsettled(self, fingerprint: str | None, waiting: str) -> dict[str, LedgerRow]:
@@ -353,10 +356,7 @@ class Ledger:
             (quarantined, [waiting, fingerprint, fingerprint]),
             ("missing_since is not null", []),
         ):
-            found |= {
-                r["key"]: _row(r)
-                for r in self._select(f"select * from granules where {where}", args)
-            }
+            found |= self._rows_where(where, args)
         return found
 
     def counts(self) -> dict[str, int]:

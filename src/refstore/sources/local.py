@@ -147,12 +147,7 @@ class LocalSource:
         ``cache.files`` still ends up holding every file listed. This keeps a steady-state
         sync from building one :class:`Granule` per file of a large folder.
         """
-        root, pattern = split_glob(self.url)
-        if not root.is_dir():
-            raise SourceError(
-                f"Source folder {root} does not exist.",
-                "Check [source] url in refstore.toml (relative paths start at its folder).",
-            )
+        root, pattern = self._split()
         # Plain strings and os calls, not pathlib, per file: a no-op sync lists every
         # granule, and pathlib's relative_to/resolve cost ~60 us a file (0.7 s at 10k).
         top = os.path.join(root, "")
@@ -232,6 +227,22 @@ class LocalSource:
             if full:
                 cache.full_at = now
 
+    def _split(self) -> tuple[Path, str | None]:
+        """:func:`split_glob` of the URL, once the folder is known to exist.
+
+        Raises
+        ------
+        SourceError
+            The folder before the first wildcard does not exist.
+        """
+        root, pattern = split_glob(self.url)
+        if not root.is_dir():
+            raise SourceError(
+                f"Source folder {root} does not exist.",
+                "Check [source] url in refstore.toml (relative paths start at its folder).",
+            )
+        return root, pattern
+
     def folder_state(self) -> str | None:
         """``<inode>-<mtime_ns>`` of a flat folder (None for a glob across folders, or a
         folder that is gone): it moves whenever a name in it is added, removed or renamed."""
@@ -274,14 +285,9 @@ class LocalSource:
     ) -> TreeListing | None:
         """A glob across folders listed folder by folder against ``old`` (see
         :mod:`refstore.sources.tree`); None for a flat folder (``discover(cache=)``)."""
-        root, pattern = split_glob(self.url)
+        root, pattern = self._split()
         if pattern is None or "/" not in pattern:
             return None
-        if not root.is_dir():
-            raise SourceError(
-                f"Source folder {root} does not exist.",
-                "Check [source] url in refstore.toml (relative paths start at its folder).",
-            )
         return walk(
             str(root), pattern, old, load_files, now=time.time(), rescan_hours=self.rescan_hours
         )
