@@ -749,6 +749,9 @@ def _plan_tree(
     folders that moved, and the unsettled ones. None for a flat folder."""
     import json
 
+    if not getattr(source, "across_folders", False):
+        return None
+
     from refstore.sources.tree import TreeState
 
     meta = f"tree:{source.url}"
@@ -762,8 +765,6 @@ def _plan_tree(
 
     old = TreeState.from_json(ledger.get_meta(meta)) if trust_cache else TreeState()
     listing = source.walk_tree(old, files_of)  # type: ignore[attr-defined]
-    if listing is None:
-        return None
     changed = listing.changed
     if old.folders:  # only what changed, and the unsettled rows
         rows = ledger.unsettled(fingerprint, WAITING)

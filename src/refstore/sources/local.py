@@ -169,7 +169,6 @@ class LocalSource:
                 warn_none_matched(str(root), sum(e.is_file() for e in names), pattern)
         else:  # across folders: every file of a fresh walk (refstore.sources.tree)
             listing = self.walk_tree(TreeState(), lambda _: {})
-            assert listing is not None
             if not listing.changed:
                 total = sum(1 for p in root.rglob("*") if p.is_file())
                 warn_none_matched(str(root), total, pattern)
@@ -243,14 +242,20 @@ class LocalSource:
             )
         return root, pattern
 
+    @property
+    def across_folders(self) -> bool:
+        """Whether the URL is a glob across folders (``incoming/**/*.nc``): listed with
+        :meth:`walk_tree`, not as one folder."""
+        pattern = split_glob(self.url)[1]
+        return pattern is not None and "/" in pattern
+
     def folder_state(self) -> str | None:
         """``<inode>-<mtime_ns>`` of a flat folder (None for a glob across folders, or a
         folder that is gone): it moves whenever a name in it is added, removed or renamed."""
-        root, pattern = split_glob(self.url)
-        if pattern is not None and "/" in pattern:
+        if self.across_folders:
             return None
         try:
-            return folder_state(os.stat(root))
+            return folder_state(os.stat(self.root))
         except OSError:
             return None
 
@@ -282,12 +287,11 @@ class LocalSource:
 
     def walk_tree(
         self, old: TreeState, load_files: Callable[[str], dict[str, tuple[int, str]]]
-    ) -> TreeListing | None:
-        """A glob across folders listed folder by folder against ``old`` (see
-        :mod:`refstore.sources.tree`); None for a flat folder (``discover(cache=)``)."""
+    ) -> TreeListing:
+        """A glob across folders (:attr:`across_folders`) listed folder by folder against
+        ``old`` (see :mod:`refstore.sources.tree`)."""
         root, pattern = self._split()
-        if pattern is None or "/" not in pattern:
-            return None
+        assert pattern is not None, "walk_tree lists a glob across folders"
         return walk(
             str(root), pattern, old, load_files, now=time.time(), rescan_hours=self.rescan_hours
         )
